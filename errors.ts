@@ -1,0 +1,128 @@
+/**
+ * The errors genio's kernel throws into tasks. Each is a condition a task is expected to
+ * catch, so each has its own class and `name`.
+ *
+ * @module
+ */
+
+/**
+ * Thrown into a task at its blocking `yield` when the task is cancelled, so that its
+ * `finally` blocks run (and may themselves yield: write a goodbye, close a conn).
+ *
+ * @example Cleaning up when cancelled
+ * ```ts
+ * import { cancel, Cancelled, Scheduler, sleep, spawn } from "@genio/genio";
+ * import assert from "node:assert/strict";
+ *
+ * const log: string[] = [];
+ * function* worker() {
+ *   try {
+ *     yield* sleep(60_000);
+ *   } catch (error) {
+ *     log.push(error instanceof Cancelled ? "cancelled" : "other");
+ *     throw error;
+ *   } finally {
+ *     log.push("cleaned up");
+ *   }
+ * }
+ * const scheduler = new Scheduler();
+ * scheduler.spawn(function* () {
+ *   const task = yield* spawn(worker());
+ *   yield* sleep(1);
+ *   yield* cancel(task);
+ * }());
+ * await scheduler.run();
+ * assert.deepEqual(log, ["cancelled", "cleaned up"]);
+ * ```
+ */
+export class Cancelled extends Error {
+  /**
+   * Creates the error delivered to a cancelled task.
+   *
+   * @param message What was cancelled.
+   */
+  constructor(message = "Task was cancelled") {
+    super(message);
+    this.name = "Cancelled";
+  }
+}
+
+/**
+ * Thrown by {@linkcode timeout} when its operation did not finish in time. The operation
+ * received this error at the point it was waiting, so its `finally` blocks have run.
+ *
+ * @example Giving up on a slow operation
+ * ```ts
+ * import { Scheduler, sleep, timeout, TimeoutError } from "@genio/genio";
+ * import assert from "node:assert/strict";
+ *
+ * const scheduler = new Scheduler();
+ * const task = scheduler.spawn(function* () {
+ *   try {
+ *     yield* timeout(5, sleep(60_000));
+ *     return "finished";
+ *   } catch (error) {
+ *     if (error instanceof TimeoutError) return `gave up after ${error.ms} ms`;
+ *     throw error;
+ *   }
+ * }());
+ * await scheduler.run();
+ * assert.equal(await task.result, "gave up after 5 ms");
+ * ```
+ */
+export class TimeoutError extends Error {
+  /** The time limit that ran out, in milliseconds. */
+  readonly ms: number;
+
+  /**
+   * Creates the error for a time limit of `ms` milliseconds.
+   *
+   * @param ms The time limit that ran out.
+   */
+  constructor(ms: number) {
+    super(`Operation timed out after ${ms} ms`);
+    this.name = "TimeoutError";
+    this.ms = ms;
+  }
+}
+
+/**
+ * Thrown at a task's `yield` when it asks to read, write or accept on a resource another
+ * task is already waiting on. Two readers on one conn would split its bytes between them
+ * unpredictably, so the kernel refuses the second instead of replacing the first.
+ *
+ * @example The second reader is refused
+ * ```ts
+ * import { BusyError, read, Scheduler } from "@genio/genio";
+ * import assert from "node:assert/strict";
+ *
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * const client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+ * const server = await listener.accept();
+ * const scheduler = new Scheduler();
+ * const first = scheduler.spawn(read(server, new Uint8Array(8)));
+ * const second = scheduler.spawn(read(server, new Uint8Array(8)));
+ * const done = scheduler.run();
+ * await assert.rejects(second.result, BusyError);
+ * await client.write(new TextEncoder().encode("hi"));
+ * await done;
+ * assert.equal(await first.result, 2);
+ * for (const resource of [client, server, listener]) resource.close();
+ * ```
+ */
+export class BusyError extends Error {
+  /** The conn or listener that already has a waiting task. */
+  readonly resource: unknown;
+
+  /**
+   * Creates the error for a resource that already has a waiter.
+   *
+   * @param message What was refused and why.
+   * @param resource The busy conn or listener.
+   */
+  constructor(message: string, resource: unknown) {
+    super(message);
+    this.name = "BusyError";
+    this.resource = resource;
+  }
+}

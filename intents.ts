@@ -1,0 +1,460 @@
+/**
+ * Intents: the plain-data requests a task yields to the scheduler, and one typed helper per
+ * intent, meant for `yield*` so that the result type flows into the task.
+ *
+ * | helper                 | intent                    | result                         |
+ * | ---------------------- | ------------------------- | ------------------------------ |
+ * | `read(conn, buffer)`   | `{ type: "read" }`        | bytes read, `null` at EOF      |
+ * | `write(conn, data)`    | `{ type: "write" }`       | bytes written (all of `data`)  |
+ * | `accept(listener)`     | `{ type: "accept" }`      | the new `Deno.Conn`            |
+ * | `sleep(ms)`            | `{ type: "sleep" }`       | nothing                        |
+ * | `spawn(op, options)`   | `{ type: "spawn" }`       | the child `Task`               |
+ * | `join(task)`           | `{ type: "join" }`        | the task's result (or throws)  |
+ * | `cancel(task)`         | `{ type: "cancel" }`      | nothing, once it cleaned up    |
+ * | `wait(promise)`        | `{ type: "wait" }`        | the promise's value (or throws)|
+ * | `timeout(ms, op)`      | `deadline` / `clear-deadline` | the op's result, or throws `TimeoutError` |
+ * | bare `yield`           | `undefined`               | nothing: back of the ready queue |
+ *
+ * @example Stepping a task by hand: intents are data
+ * ```ts
+ * import { read } from "@genio/genio/intents";
+ * import assert from "node:assert/strict";
+ *
+ * const conn = {} as Deno.Conn;
+ * const buffer = new Uint8Array(16);
+ * const step = read(conn, buffer);
+ * assert.deepEqual(step.next().value, { type: "read", conn, buffer });
+ * assert.deepEqual(step.next(5), { done: true, value: 5 });
+ * ```
+ *
+ * @module
+ */
+import type { Task } from "./scheduler.ts";
+
+/**
+ * A task's body: a generator that yields intents (or a bare `undefined` to let others run)
+ * and returns `T`.
+ *
+ * @typeParam T What the operation returns.
+ *
+ * @example A handler as an operation
+ * ```ts
+ * import { type Operation, read, write } from "@genio/genio";
+ *
+ * function* echoOnce(conn: Deno.Conn): Operation<void> {
+ *   const buffer = new Uint8Array(1024);
+ *   const n = yield* read(conn, buffer);
+ *   if (n !== null) yield* write(conn, buffer.subarray(0, n));
+ * }
+ * ```
+ */
+export type Operation<T> = Generator<Intent | undefined, T, unknown>;
+
+/** Ask for one `conn.read(buffer)`. See {@linkcode read}. */
+export interface ReadIntent {
+  /** Discriminant. */
+  readonly type: "read";
+  /** The conn to read from. */
+  readonly conn: Deno.Conn;
+  /** Where the bytes go. */
+  readonly buffer: Uint8Array;
+}
+
+/** Ask for all of `data` to be written to `conn`. See {@linkcode write}. */
+export interface WriteIntent {
+  /** Discriminant. */
+  readonly type: "write";
+  /** The conn to write to. */
+  readonly conn: Deno.Conn;
+  /** The bytes to write, all of them. */
+  readonly data: Uint8Array;
+}
+
+/** Ask for the next connection on `listener`. See {@linkcode accept}. */
+export interface AcceptIntent {
+  /** Discriminant. */
+  readonly type: "accept";
+  /** The listener to accept on. */
+  readonly listener: Deno.Listener;
+}
+
+/** Ask to be woken after `ms` milliseconds. See {@linkcode sleep}. */
+export interface SleepIntent {
+  /** Discriminant. */
+  readonly type: "sleep";
+  /** How long to sleep, in milliseconds. */
+  readonly ms: number;
+}
+
+/** Ask for `operation` to start as a child task. See {@linkcode spawn}. */
+export interface SpawnIntent {
+  /** Discriminant. */
+  readonly type: "spawn";
+  /** The generator object to run. */
+  readonly operation: Operation<unknown>;
+  /** A name for logs and `tasks()`. */
+  readonly name?: string;
+}
+
+/** Ask to wait for `task` to finish and receive its result. See {@linkcode join}. */
+export interface JoinIntent {
+  /** Discriminant. */
+  readonly type: "join";
+  /** The task to wait for. */
+  readonly task: Task<unknown>;
+}
+
+/** Ask for `task` to be cancelled, waiting until it has cleaned up. See {@linkcode cancel}. */
+export interface CancelIntent {
+  /** Discriminant. */
+  readonly type: "cancel";
+  /** The task to cancel. */
+  readonly task: Task<unknown>;
+}
+
+/** Ask to wait for a promise to settle. See {@linkcode wait}. */
+export interface WaitIntent {
+  /** Discriminant. */
+  readonly type: "wait";
+  /** The promise to wait for. */
+  readonly promise: PromiseLike<unknown>;
+}
+
+/** Start a time limit on the current task; answered with a {@linkcode Deadline}. Used by {@linkcode timeout}. */
+export interface DeadlineIntent {
+  /** Discriminant. */
+  readonly type: "deadline";
+  /** The limit, in milliseconds from now. */
+  readonly ms: number;
+}
+
+/** End a time limit started by a {@linkcode DeadlineIntent}. Used by {@linkcode timeout}. */
+export interface ClearDeadlineIntent {
+  /** Discriminant. */
+  readonly type: "clear-deadline";
+  /** The handle the deadline intent answered with. */
+  readonly deadline: Deadline;
+}
+
+/** A time limit in force on a task, as answered to a {@linkcode DeadlineIntent}. */
+export interface Deadline {
+  /** When it runs out, on the scheduler's clock (milliseconds). */
+  readonly at: number;
+  /** The limit it was started with, in milliseconds. */
+  readonly ms: number;
+}
+
+/**
+ * Everything a task can yield besides a bare `yield`: a discriminated union on `type`.
+ *
+ * @example Checking what a handler asks for
+ * ```ts
+ * import { type Intent, sleep } from "@genio/genio";
+ * import assert from "node:assert/strict";
+ *
+ * const intent = sleep(250).next().value as Intent;
+ * assert.equal(intent.type, "sleep");
+ * ```
+ */
+export type Intent =
+  | ReadIntent
+  | WriteIntent
+  | AcceptIntent
+  | SleepIntent
+  | SpawnIntent
+  | JoinIntent
+  | CancelIntent
+  | WaitIntent
+  | DeadlineIntent
+  | ClearDeadlineIntent;
+
+/** Options for {@linkcode spawn} and `Scheduler.spawn`. */
+export interface SpawnOptions {
+  /**
+   * A name for the task in logs and `tasks()`.
+   *
+   * @default {`task-${id}`}
+   */
+  name?: string;
+}
+
+/**
+ * Reads once from `conn` into `buffer`, like one `conn.read(buffer)`.
+ *
+ * Only one task may read a conn at a time: a second gets a `BusyError`. If the task stops
+ * waiting (cancelled, timed out), the read stays in flight and its bytes go to the next read
+ * of the conn; `buffer` stays lent to it until then, so do not reuse it for other data.
+ *
+ * @param conn The conn to read from.
+ * @param buffer Where to put the bytes.
+ * @returns The number of bytes read, or `null` at end of stream.
+ *
+ * @example Reading a greeting
+ * ```ts
+ * import { read, Scheduler } from "@genio/genio";
+ * import assert from "node:assert/strict";
+ *
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * const client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+ * const server = await listener.accept();
+ * await client.write(new TextEncoder().encode("hello"));
+ * const buffer = new Uint8Array(64);
+ * const scheduler = new Scheduler();
+ * const task = scheduler.spawn(read(server, buffer));
+ * await scheduler.run();
+ * assert.equal(await task.result, 5);
+ * for (const resource of [client, server, listener]) resource.close();
+ * ```
+ */
+export function* read(
+  conn: Deno.Conn,
+  buffer: Uint8Array,
+): Operation<number | null> {
+  return (yield { type: "read", conn, buffer }) as number | null;
+}
+
+/**
+ * Writes all of `data` to `conn`, continuing partial writes until every byte is out.
+ * Do not change `data` until it returns.
+ *
+ * @param conn The conn to write to.
+ * @param data The bytes to write.
+ * @returns `data.length`.
+ *
+ * @example Writing a reply
+ * ```ts
+ * import { Scheduler, write } from "@genio/genio";
+ * import assert from "node:assert/strict";
+ *
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * const client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+ * const server = await listener.accept();
+ * const scheduler = new Scheduler();
+ * scheduler.spawn(write(server, new TextEncoder().encode("hi")));
+ * await scheduler.run();
+ * const buffer = new Uint8Array(8);
+ * assert.equal(await client.read(buffer), 2);
+ * for (const resource of [client, server, listener]) resource.close();
+ * ```
+ */
+export function* write(conn: Deno.Conn, data: Uint8Array): Operation<number> {
+  return (yield { type: "write", conn, data }) as number;
+}
+
+/**
+ * Waits for the next connection on `listener`.
+ *
+ * @param listener The listener to accept on.
+ * @returns The accepted conn.
+ *
+ * @example Accepting one client
+ * ```ts
+ * import { accept, Scheduler } from "@genio/genio";
+ * import assert from "node:assert/strict";
+ *
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * const scheduler = new Scheduler();
+ * const task = scheduler.spawn(accept(listener));
+ * const done = scheduler.run();
+ * const client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+ * await done;
+ * const conn = await task.result;
+ * assert.equal((conn.remoteAddr as Deno.NetAddr).port, (client.localAddr as Deno.NetAddr).port);
+ * for (const resource of [client, conn, listener]) resource.close();
+ * ```
+ */
+export function* accept(listener: Deno.Listener): Operation<Deno.Conn> {
+  return (yield { type: "accept", listener }) as Deno.Conn;
+}
+
+/**
+ * Suspends the task for `ms` milliseconds; `0` or less just lets the other ready tasks run
+ * first, and `Infinity` sleeps until the task is cancelled.
+ *
+ * @param ms How long to sleep, in milliseconds.
+ *
+ * @example Sleeping
+ * ```ts
+ * import { Scheduler, sleep } from "@genio/genio";
+ *
+ * const scheduler = new Scheduler();
+ * scheduler.spawn(sleep(10));
+ * await scheduler.run();
+ * ```
+ */
+export function* sleep(ms: number): Operation<void> {
+  yield { type: "sleep", ms };
+}
+
+/**
+ * Starts `operation` as a child of the current task and returns at once. The child is
+ * cancelled when its parent ends, and the parent's own outcome settles only after that.
+ *
+ * @typeParam T What the child returns.
+ * @param operation The generator object to run (call the generator function first).
+ * @param options A name for logs and `tasks()`.
+ * @returns The child task.
+ *
+ * @example Starting a child and waiting for it
+ * ```ts
+ * import { join, Scheduler, sleep, spawn } from "@genio/genio";
+ * import assert from "node:assert/strict";
+ *
+ * function* double(x: number) {
+ *   yield* sleep(1);
+ *   return 2 * x;
+ * }
+ * const scheduler = new Scheduler();
+ * const main = scheduler.spawn(function* () {
+ *   const child = yield* spawn(double(21), { name: "double" });
+ *   return yield* join(child);
+ * }());
+ * await scheduler.run();
+ * assert.equal(await main.result, 42);
+ * ```
+ */
+export function* spawn<T>(
+  operation: Operation<T>,
+  options: SpawnOptions = {},
+): Operation<Task<T>> {
+  return (yield {
+    type: "spawn",
+    operation,
+    name: options.name,
+  }) as Task<T>;
+}
+
+/**
+ * Waits for `task` to finish (children included) and returns its result, or throws its
+ * error. A failure that is joined is not reported to `onError`.
+ *
+ * @typeParam T What the task returns.
+ * @param task The task to wait for.
+ * @returns The task's return value.
+ * @throws The task's error, if it failed or was cancelled (`Cancelled`).
+ *
+ * @example A child's error reaches the joiner
+ * ```ts
+ * import { join, Scheduler, spawn } from "@genio/genio";
+ * import assert from "node:assert/strict";
+ *
+ * function* fail(): Generator<never, never> {
+ *   throw new Error("boom");
+ * }
+ * const scheduler = new Scheduler();
+ * const main = scheduler.spawn(function* () {
+ *   const child = yield* spawn(fail());
+ *   try {
+ *     yield* join(child);
+ *   } catch (error) {
+ *     return (error as Error).message;
+ *   }
+ * }());
+ * await scheduler.run();
+ * assert.equal(await main.result, "boom");
+ * ```
+ */
+export function* join<T>(task: Task<T>): Operation<T> {
+  return (yield { type: "join", task }) as T;
+}
+
+/**
+ * Cancels `task` and waits until it has finished its cleanup. The task receives a
+ * `Cancelled` error at its blocking `yield`; cancelling a finished task does nothing.
+ *
+ * @param task The task to cancel.
+ *
+ * @example Stopping a ticker
+ * ```ts
+ * import { cancel, Scheduler, sleep, spawn } from "@genio/genio";
+ * import assert from "node:assert/strict";
+ *
+ * let ticks = 0;
+ * function* ticker() {
+ *   while (true) {
+ *     yield* sleep(1);
+ *     ticks++;
+ *   }
+ * }
+ * const scheduler = new Scheduler();
+ * scheduler.spawn(function* () {
+ *   const task = yield* spawn(ticker());
+ *   yield* sleep(20);
+ *   yield* cancel(task);
+ *   assert.equal(task.state, "cancelled");
+ * }());
+ * await scheduler.run();
+ * assert.ok(ticks > 0);
+ * ```
+ */
+export function* cancel(task: Task<unknown>): Operation<void> {
+  yield { type: "cancel", task };
+}
+
+/**
+ * Waits for a promise: the bridge to every promise-based API (`Deno.connect`, files, DNS).
+ *
+ * @typeParam T The promise's value.
+ * @param promise The promise to wait for.
+ * @returns Its value.
+ * @throws Its rejection reason.
+ *
+ * @example Connecting from a task
+ * ```ts
+ * import { Scheduler, wait } from "@genio/genio";
+ *
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * const scheduler = new Scheduler();
+ * const task = scheduler.spawn(wait(Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port })));
+ * await scheduler.run();
+ * (await task.result).close();
+ * listener.close();
+ * ```
+ */
+export function* wait<T>(promise: PromiseLike<T>): Operation<T> {
+  return (yield { type: "wait", promise }) as T;
+}
+
+/**
+ * Runs `operation` in the current task with a time limit. When `ms` runs out, the
+ * operation receives a `TimeoutError` wherever it is waiting (its `finally` blocks run), and
+ * that error reaches the caller.
+ *
+ * @typeParam T What the operation returns.
+ * @param ms The limit, in milliseconds.
+ * @param operation The generator object to run.
+ * @returns The operation's result.
+ * @throws {TimeoutError} If the limit ran out first.
+ *
+ * @example A read that gives up
+ * ```ts
+ * import { read, Scheduler, timeout, TimeoutError } from "@genio/genio";
+ * import assert from "node:assert/strict";
+ *
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * const client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+ * const server = await listener.accept();
+ * const scheduler = new Scheduler();
+ * const task = scheduler.spawn(function* () {
+ *   try {
+ *     yield* timeout(10, read(server, new Uint8Array(8)));
+ *   } catch (error) {
+ *     return error instanceof TimeoutError;
+ *   } finally {
+ *     server.close();
+ *   }
+ * }());
+ * await scheduler.run();
+ * assert.equal(await task.result, true);
+ * client.close();
+ * listener.close();
+ * ```
+ */
+export function* timeout<T>(ms: number, operation: Operation<T>): Operation<T> {
+  const deadline = (yield { type: "deadline", ms }) as Deadline;
+  try {
+    return yield* operation;
+  } finally {
+    yield { type: "clear-deadline", deadline };
+  }
+}

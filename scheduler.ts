@@ -1,0 +1,1045 @@
+/**
+ * The kernel: a ready queue of generator tasks, explicit wait maps, and a step loop that
+ * turns each yielded intent into the settling of a `Deno.Conn` / `Deno.Listener` promise.
+ *
+ * The classic generator server keeps a deque of tasks and `recv_wait` / `send_wait` dicts
+ * for `select()`. Deno has no `select()`: a conn is "ready" when the `conn.read()` the kernel
+ * started for its task settles. So each blocking intent starts one Deno call, parks the task
+ * in a wait map, and the call's settlement moves exactly that task back to the ready queue.
+ *
+ * @example The seed's round-robin, two tasks taking turns
+ * ```ts
+ * import { Scheduler } from "@genio/genio/scheduler";
+ * import assert from "node:assert/strict";
+ *
+ * const out: string[] = [];
+ * function* countdown(n: number) {
+ *   for (; n > 0; n--) {
+ *     out.push(`T-minus ${n}`);
+ *     yield;
+ *   }
+ * }
+ * function* countup(stop: number) {
+ *   for (let x = 0; x < stop; x++) {
+ *     out.push(`Up ${x}`);
+ *     yield;
+ *   }
+ * }
+ * const scheduler = new Scheduler();
+ * scheduler.spawn(countdown(2));
+ * scheduler.spawn(countup(2));
+ * await scheduler.run();
+ * assert.deepEqual(out, ["T-minus 2", "Up 0", "T-minus 1", "Up 1"]);
+ * ```
+ *
+ * @module
+ */
+import { Deque } from "./_deque.ts";
+import { type TimerEntry, TimerHeap } from "./_timer_heap.ts";
+import { BusyError, Cancelled, TimeoutError } from "./errors.ts";
+import type {
+  AcceptIntent,
+  Deadline,
+  Intent,
+  Operation,
+  ReadIntent,
+  SpawnOptions,
+  WriteIntent,
+} from "./intents.ts";
+
+/**
+ * Where a task is in its life. The blocked states name the wait map (or wait) it is in.
+ *
+ * @example
+ * ```ts
+ * import type { TaskState } from "@genio/genio";
+ *
+ * const finished: TaskState[] = ["done", "failed", "cancelled"];
+ * ```
+ */
+export type TaskState =
+  | "ready"
+  | "running"
+  | "reading"
+  | "writing"
+  | "accepting"
+  | "sleeping"
+  | "joining"
+  | "waiting"
+  | "done"
+  | "failed"
+  | "cancelled";
+
+/**
+ * A running operation. Inside the scheduler, use `join` / `cancel`; from async code
+ * outside it, `await task.result`.
+ *
+ * @typeParam T What the task returns.
+ *
+ * @example Awaiting a task from outside the scheduler
+ * ```ts
+ * import { Scheduler, sleep } from "@genio/genio";
+ * import assert from "node:assert/strict";
+ *
+ * const scheduler = new Scheduler();
+ * const task = scheduler.spawn(function* () {
+ *   yield* sleep(1);
+ *   return "ok";
+ * }(), { name: "example" });
+ * assert.equal(task.name, "example");
+ * assert.equal(task.state, "ready");
+ * await scheduler.run();
+ * assert.equal(await task.result, "ok");
+ * assert.equal(task.state, "done");
+ * ```
+ */
+export interface Task<T = unknown> {
+  /** Unique within its scheduler, in spawn order from 1. */
+  readonly id: number;
+  /** The name given at spawn, or `task-<id>`. */
+  readonly name: string;
+  /** Where the task is in its life. */
+  readonly state: TaskState;
+  /**
+   * What a blocked task waits on: the conn, listener, task or promise; the wake-up time
+   * when sleeping; its live children while it finishes. `null` otherwise.
+   */
+  readonly waitingOn: unknown;
+  /** The task that spawned it, or `null` for a task spawned from outside. */
+  readonly parent: Task<unknown> | null;
+  /**
+   * Settles with the task's outcome once it and its children have finished. Asking for it
+   * counts as observing a failure, which is then not reported to `onError`.
+   */
+  readonly result: Promise<T>;
+}
+
+/**
+ * A snapshot of one live task, as returned by {@linkcode Scheduler.tasks}.
+ *
+ * @example
+ * ```ts
+ * import type { TaskInfo } from "@genio/genio";
+ *
+ * const info: TaskInfo = { id: 1, name: "main", state: "sleeping", waitingOn: 1500, parent: null };
+ * ```
+ */
+export interface TaskInfo {
+  /** The task's id. */
+  readonly id: number;
+  /** The task's name. */
+  readonly name: string;
+  /** Its state when the snapshot was taken. */
+  readonly state: TaskState;
+  /** What it was waiting on then (see {@linkcode Task.waitingOn}). */
+  readonly waitingOn: unknown;
+  /** The parent's id, or `null`. */
+  readonly parent: number | null;
+}
+
+/**
+ * The time source for sleeps and timeouts. Replace it to run time virtually in tests.
+ *
+ * @example The clock genio uses by default
+ * ```ts
+ * import type { Clock } from "@genio/genio";
+ *
+ * const realClock: Clock = {
+ *   now: () => performance.now(),
+ *   setTimer: (callback, delay) => setTimeout(callback, delay),
+ *   clearTimer: (handle) => clearTimeout(handle as number),
+ * };
+ * ```
+ */
+export interface Clock {
+  /** The current time in milliseconds. */
+  now(): number;
+  /** Calls `callback` once, `delay` milliseconds from now; returns a handle for `clearTimer`. */
+  setTimer(callback: () => void, delay: number): unknown;
+  /** Cancels a timer that has not fired. */
+  clearTimer(handle: unknown): void;
+}
+
+/** Options for {@linkcode Scheduler}. */
+export interface SchedulerOptions {
+  /**
+   * Called once for each task that failed without anybody joining it or asking for its
+   * `result`.
+   *
+   * @default {one line naming the task, then the stack, on stderr}
+   */
+  onError?: (error: unknown, task: Task<unknown>) => void;
+  /**
+   * The time source for sleeps and timeouts.
+   *
+   * @default {`performance.now()` and `setTimeout`}
+   */
+  clock?: Clock;
+}
+
+const REAL_CLOCK: Clock = {
+  now: () => performance.now(),
+  setTimer: (callback, delay) => setTimeout(callback, delay),
+  clearTimer: (handle) => clearTimeout(handle as number),
+};
+
+// A pass that leaves tasks ready (they yield to each other without blocking) runs again at
+// once; only after this long does the loop step aside so that I/O callbacks get a turn.
+const SLICE_MS = 10;
+const NOTHING: unique symbol = Symbol("nothing");
+const BLOCKED = false;
+const CONTINUE = true;
+
+type Timer = TimerEntry<TaskImpl> & { readonly ms: number; sleep: boolean };
+
+class TaskImpl<T = unknown> implements Task<T> {
+  state: TaskState = "ready";
+  waitingOn: unknown = null;
+  // What the next step sends in: a value, or an error to throw at the yield.
+  value: unknown = undefined;
+  error: unknown = NOTHING;
+  started = false;
+  finished = false; // the generator is done; the task may still wait for its children
+  cancelRequested = false;
+  cancelDelivered = false;
+  observed = false;
+  pendingTimeout: Timer | null = null;
+  sleepTimer: Timer | null = null;
+  waitSeq = 0;
+  children: Set<TaskImpl> | null = null;
+  joiners: TaskImpl[] | null = null;
+  cancellers: TaskImpl[] | null = null;
+  outcome: unknown = undefined;
+  finalState: TaskState = "done";
+  #result: PromiseWithResolvers<unknown> | null = null;
+
+  constructor(
+    readonly owner: Scheduler,
+    readonly id: number,
+    readonly gen: Operation<T>,
+    readonly parent: TaskImpl | null,
+    readonly givenName: string | undefined,
+  ) {}
+
+  get name(): string {
+    return this.givenName ?? `task-${this.id}`;
+  }
+
+  get settled(): boolean {
+    return this.state === "done" || this.state === "failed" ||
+      this.state === "cancelled";
+  }
+
+  get result(): Promise<T> {
+    this.observed = true;
+    if (this.#result === null) {
+      this.#result = Promise.withResolvers<unknown>();
+      if (this.settled) this.settleResult();
+    }
+    return this.#result.promise as Promise<T>;
+  }
+
+  settleResult(): void {
+    if (this.#result === null) return;
+    if (this.state === "done") this.#result.resolve(this.outcome);
+    else this.#result.reject(this.outcome);
+  }
+}
+
+interface InFlight {
+  task: TaskImpl | null; // null once its task stopped waiting: the result is nobody's yet
+  readonly promise: Promise<unknown>;
+}
+
+interface InFlightRead extends InFlight {
+  readonly buffer: Uint8Array; // where Deno writes: the first reader's buffer
+  target: Uint8Array; // where the waiting task wants the bytes
+}
+
+interface InFlightWrite extends InFlight {
+  readonly data: Uint8Array;
+  readonly written: number;
+  queued: { task: TaskImpl; data: Uint8Array } | null; // behind an abandoned write
+}
+
+type InFlightAccept = InFlight;
+
+/**
+ * Runs generator tasks. Spawn tasks, then `await run()`; the queue and wait maps are
+ * readable at any time.
+ *
+ * @example An echo server for one client
+ * ```ts
+ * import { accept, read, Scheduler, write } from "@genio/genio";
+ * import assert from "node:assert/strict";
+ *
+ * function* echoOne(listener: Deno.Listener) {
+ *   const conn = yield* accept(listener);
+ *   const buffer = new Uint8Array(1024);
+ *   try {
+ *     let n: number | null;
+ *     while ((n = yield* read(conn, buffer)) !== null) {
+ *       yield* write(conn, buffer.subarray(0, n));
+ *     }
+ *   } finally {
+ *     conn.close();
+ *   }
+ * }
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * const scheduler = new Scheduler();
+ * scheduler.spawn(echoOne(listener));
+ * const done = scheduler.run();
+ * const client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+ * await client.write(new TextEncoder().encode("ping"));
+ * const reply = new Uint8Array(4);
+ * await client.read(reply);
+ * assert.equal(new TextDecoder().decode(reply), "ping");
+ * client.close();
+ * await done;
+ * listener.close();
+ * ```
+ */
+export class Scheduler {
+  #ready = new Deque<TaskImpl>();
+  #readWaiting = new Map<Deno.Conn, TaskImpl>();
+  #writeWaiting = new Map<Deno.Conn, TaskImpl>();
+  #acceptWaiting = new Map<Deno.Listener, TaskImpl>();
+  #sleeping = new Map<TaskImpl, number>();
+  #timers = new TimerHeap<TaskImpl>();
+  #tasks = new Set<TaskImpl>();
+
+  // Deno calls still in flight, kept even after their task stopped waiting (Deno cannot
+  // un-issue them), and results that arrived for nobody, kept for the next taker.
+  #reads = new Map<Deno.Conn, InFlightRead>();
+  #writes = new Map<Deno.Conn, InFlightWrite>();
+  #accepts = new Map<Deno.Listener, InFlightAccept>();
+  #unread = new Map<Deno.Conn, Uint8Array>();
+  #unaccepted = new Map<Deno.Listener, Deno.Conn[]>();
+
+  #clock: Clock;
+  #onError: (error: unknown, task: Task<unknown>) => void;
+  #nextId = 1;
+  #current: TaskImpl | null = null;
+  #looping = false;
+  #sliceTimer: ReturnType<typeof setTimeout> | null = null;
+  #alarm: unknown = null;
+  #alarmAt = Infinity;
+  #unreported: TaskImpl[] = [];
+  #running: PromiseWithResolvers<void> | null = null;
+
+  /**
+   * Creates an idle scheduler.
+   *
+   * @param options Error reporting and the clock.
+   */
+  constructor(options: SchedulerOptions = {}) {
+    this.#clock = options.clock ?? REAL_CLOCK;
+    this.#onError = options.onError ?? reportToStderr;
+  }
+
+  /** The ready queue, front first (a snapshot). */
+  get ready(): readonly Task<unknown>[] {
+    return this.#ready.toArray();
+  }
+
+  /** Tasks waiting for a read, by conn (the seed's `recv_wait`). */
+  get readWaiting(): ReadonlyMap<Deno.Conn, Task<unknown>> {
+    return this.#readWaiting;
+  }
+
+  /** Tasks waiting for a write to finish, by conn (the seed's `send_wait`). */
+  get writeWaiting(): ReadonlyMap<Deno.Conn, Task<unknown>> {
+    return this.#writeWaiting;
+  }
+
+  /** Tasks waiting for a connection, by listener. */
+  get acceptWaiting(): ReadonlyMap<Deno.Listener, Task<unknown>> {
+    return this.#acceptWaiting;
+  }
+
+  /** Sleeping tasks and the clock time each wakes at. */
+  get sleeping(): ReadonlyMap<Task<unknown>, number> {
+    return this.#sleeping;
+  }
+
+  /** The task whose step is running now, or `null` between steps. */
+  get current(): Task<unknown> | null {
+    return this.#current;
+  }
+
+  /**
+   * A snapshot of every live task (not yet done, failed or cancelled), in spawn order.
+   *
+   * @returns One {@linkcode TaskInfo} per live task.
+   */
+  tasks(): TaskInfo[] {
+    return [...this.#tasks].map((task) => ({
+      id: task.id,
+      name: task.name,
+      state: task.state,
+      waitingOn: task.waitingOn,
+      parent: task.parent?.id ?? null,
+    }));
+  }
+
+  /**
+   * Adds a task with no parent to the back of the ready queue. It starts when `run()` runs.
+   *
+   * @typeParam T What the task returns.
+   * @param operation The generator object to run (call the generator function first).
+   * @param options A name for logs and `tasks()`.
+   * @returns The new task.
+   */
+  spawn<T>(operation: Operation<T>, options: SpawnOptions = {}): Task<T> {
+    const task = this.#spawn(operation, options.name, null);
+    if (this.#running !== null) this.#wake();
+    return task;
+  }
+
+  /**
+   * Runs tasks until none is ready or waiting. Resolves at once if there is nothing to do;
+   * calling it again while it runs returns the same promise. Once it resolves, any conn or
+   * listener left with an abandoned Deno call in flight has been closed, since no task is
+   * left to take its result.
+   *
+   * @returns A promise that resolves when every task has finished.
+   */
+  run(): Promise<void> {
+    if (this.#running !== null) return this.#running.promise;
+    if (this.#tasks.size === 0) return Promise.resolve();
+    this.#running = Promise.withResolvers<void>();
+    const { promise } = this.#running;
+    this.#loop();
+    return promise;
+  }
+
+  // --- the step loop -------------------------------------------------------------------
+
+  #loop = (): void => {
+    if (this.#looping) return;
+    this.#looping = true;
+    if (this.#sliceTimer !== null) clearTimeout(this.#sliceTimer);
+    this.#sliceTimer = null;
+    let sliceEnd = 0;
+    for (;;) {
+      for (let n = this.#ready.length; n > 0; n--) this.#step(this.#ready.shift()!);
+      if (this.#ready.length === 0) break;
+      const now = performance.now();
+      if (sliceEnd === 0) sliceEnd = now + SLICE_MS;
+      else if (now > sliceEnd) {
+        this.#sliceTimer = setTimeout(this.#loop, 0);
+        break;
+      }
+    }
+    this.#looping = false;
+    if (this.#unreported.length > 0) this.#report();
+    if (this.#tasks.size === 0) this.#stop();
+    else this.#arm();
+  };
+
+  #wake(): void {
+    if (!this.#looping && this.#running !== null) this.#loop();
+  }
+
+  #step(task: TaskImpl): void {
+    this.#current = task;
+    task.state = "running";
+    if (!task.started) {
+      task.started = true;
+      if (task.cancelRequested) this.#interrupt(task);
+    }
+    const gen = task.gen;
+    for (;;) {
+      let step: IteratorResult<Intent | undefined, unknown>;
+      try {
+        if (task.error === NOTHING) {
+          const value = task.value;
+          task.value = undefined;
+          step = gen.next(value);
+        } else {
+          const error = task.error;
+          task.error = NOTHING;
+          step = gen.throw(error);
+        }
+      } catch (error) {
+        this.#finish(task, false, error);
+        break;
+      }
+      if (step.done) {
+        this.#finish(task, true, step.value);
+        break;
+      }
+      if (this.#perform(task, step.value) === BLOCKED) break;
+    }
+    this.#current = null;
+  }
+
+  // Returns CONTINUE when the task can go on at once (its value or error is set), BLOCKED
+  // when it is parked in the ready queue or a wait map.
+  #perform(task: TaskImpl, intent: Intent | undefined): boolean {
+    try {
+      if (intent === undefined) {
+        if (this.#interrupt(task)) return CONTINUE;
+        return this.#enqueue(task);
+      }
+      switch (intent.type) {
+        case "spawn":
+          task.value = this.#spawn(intent.operation, intent.name, task);
+          return CONTINUE;
+        case "deadline":
+          task.value = this.#setDeadline(task, intent.ms);
+          return CONTINUE;
+        case "clear-deadline":
+          this.#clearDeadline(task, intent.deadline as Timer);
+          return CONTINUE;
+      }
+      // Every other intent may block, so a pending cancel or timeout is delivered here.
+      if (this.#interrupt(task)) return CONTINUE;
+      switch (intent.type) {
+        case "read":
+          return this.#read(task, intent);
+        case "write":
+          return this.#write(task, intent);
+        case "accept":
+          return this.#accept(task, intent);
+        case "sleep":
+          return this.#sleep(task, intent.ms);
+        case "join":
+          return this.#join(task, this.#own(intent.task, "join"));
+        case "cancel":
+          return this.#cancel(task, this.#own(intent.task, "cancel"));
+        case "wait":
+          return this.#wait(task, intent.promise);
+        default:
+          throw new TypeError(
+            `Cannot perform intent: unknown type "${(intent as { type: unknown }).type}"`,
+          );
+      }
+    } catch (error) {
+      task.error = error;
+      return CONTINUE;
+    }
+  }
+
+  #enqueue(task: TaskImpl): boolean {
+    task.state = "ready";
+    task.waitingOn = null;
+    this.#ready.push(task);
+    return BLOCKED;
+  }
+
+  #block(task: TaskImpl, state: TaskState, on: unknown): boolean {
+    task.state = state;
+    task.waitingOn = on;
+    return BLOCKED;
+  }
+
+  #resume(task: TaskImpl, value: unknown): void {
+    task.value = value;
+    this.#enqueue(task);
+    this.#wake();
+  }
+
+  #resumeThrow(task: TaskImpl, error: unknown): void {
+    task.error = error;
+    this.#enqueue(task);
+    this.#wake();
+  }
+
+  // --- spawn, finish, join, cancel ----------------------------------------------------
+
+  #spawn<T>(
+    operation: Operation<T>,
+    name: string | undefined,
+    parent: TaskImpl | null,
+  ): TaskImpl<T> {
+    if (
+      typeof operation?.next !== "function" ||
+      typeof operation.throw !== "function"
+    ) {
+      throw new TypeError(
+        "Cannot spawn: expected a generator object (call the generator function first)",
+      );
+    }
+    const task = new TaskImpl<T>(this, this.#nextId++, operation, parent, name);
+    this.#tasks.add(task);
+    if (parent !== null) (parent.children ??= new Set()).add(task);
+    this.#ready.push(task);
+    return task;
+  }
+
+  #own(task: Task<unknown>, verb: string): TaskImpl {
+    if (!(task instanceof TaskImpl) || task.owner !== this) {
+      throw new TypeError(`Cannot ${verb}: the task belongs to another scheduler`);
+    }
+    if (task === this.#current) {
+      throw new TypeError(`Cannot ${verb} the current task "${task.name}"`);
+    }
+    return task;
+  }
+
+  // The generator is done; the task's outcome waits until its children have finished.
+  #finish(task: TaskImpl, ok: boolean, outcome: unknown): void {
+    task.finished = true;
+    task.outcome = outcome;
+    task.finalState = ok
+      ? "done"
+      : task.cancelRequested && outcome instanceof Cancelled
+      ? "cancelled"
+      : "failed";
+    if (task.children !== null && task.children.size > 0) {
+      this.#block(task, "joining", task.children);
+      for (const child of task.children) this.#requestCancel(child);
+      return;
+    }
+    this.#settle(task);
+  }
+
+  #settle(task: TaskImpl): void {
+    task.state = task.finalState;
+    task.waitingOn = null;
+    this.#tasks.delete(task);
+    const failed = task.state !== "done";
+    for (const joiner of task.joiners ?? []) {
+      if (failed) this.#resumeThrow(joiner, task.outcome);
+      else this.#resume(joiner, task.outcome);
+    }
+    for (const canceller of task.cancellers ?? []) this.#resume(canceller, undefined);
+    task.joiners = task.cancellers = null;
+    task.settleResult();
+    if (task.state === "failed" && !task.observed) this.#unreported.push(task);
+    const parent = task.parent;
+    if (parent !== null) {
+      parent.children!.delete(task);
+      if (parent.finished && parent.children!.size === 0) this.#settle(parent);
+    }
+  }
+
+  #join(task: TaskImpl, target: TaskImpl): boolean {
+    target.observed = true;
+    if (target.settled) {
+      if (target.state === "done") task.value = target.outcome;
+      else task.error = target.outcome;
+      return CONTINUE;
+    }
+    (target.joiners ??= []).push(task);
+    return this.#block(task, "joining", target);
+  }
+
+  #stopJoining(task: TaskImpl): void {
+    const target = task.waitingOn as TaskImpl;
+    remove(target.joiners, task);
+    remove(target.cancellers, task);
+  }
+
+  #cancel(task: TaskImpl, target: TaskImpl): boolean {
+    if (target.settled) return CONTINUE;
+    this.#requestCancel(target);
+    (target.cancellers ??= []).push(task);
+    return this.#block(task, "joining", target);
+  }
+
+  #requestCancel(task: TaskImpl): void {
+    if (task.finished || task.cancelRequested) return;
+    task.cancelRequested = true;
+    if (task.state !== "ready" && task.state !== "running") {
+      this.#stopWaiting(task);
+      this.#interrupt(task);
+      this.#enqueue(task);
+    }
+  }
+
+  // Delivers a pending cancellation (first) or timeout as the error the task's next step
+  // throws. Returns whether there was one.
+  #interrupt(task: TaskImpl): boolean {
+    if (task.cancelRequested && !task.cancelDelivered) {
+      task.cancelDelivered = true;
+      task.value = undefined;
+      task.error = new Cancelled(`Task "${task.name}" was cancelled`);
+      return true;
+    }
+    const timer = task.pendingTimeout;
+    if (timer !== null) {
+      task.pendingTimeout = null;
+      task.value = undefined;
+      task.error = new TimeoutError(timer.ms);
+      return true;
+    }
+    return false;
+  }
+
+  // Takes a blocked task out of whatever it waits on, leaving any Deno call in flight.
+  #stopWaiting(task: TaskImpl): void {
+    switch (task.state) {
+      case "reading":
+        return this.#stopReading(task);
+      case "writing":
+        return this.#stopWriting(task);
+      case "accepting":
+        return this.#stopAccepting(task);
+      case "sleeping":
+        return this.#stopSleeping(task);
+      case "joining":
+        return this.#stopJoining(task);
+      case "waiting":
+        task.waitSeq++;
+        return;
+    }
+  }
+
+  // --- wait: any promise -------------------------------------------------------------
+
+  #wait(task: TaskImpl, promise: PromiseLike<unknown>): boolean {
+    const seq = ++task.waitSeq;
+    Promise.resolve(promise).then(
+      (value) => {
+        if (task.waitSeq === seq) this.#resume(task, value);
+      },
+      (error) => {
+        if (task.waitSeq === seq) this.#resumeThrow(task, error);
+      },
+    );
+    return this.#block(task, "waiting", promise);
+  }
+
+  // --- read: readWaiting ----------------------------------------------------------------
+
+  #read(task: TaskImpl, { conn, buffer }: ReadIntent): boolean {
+    const reader = this.#readWaiting.get(conn);
+    if (reader !== undefined) {
+      throw new BusyError(
+        `Cannot read: the conn is already being read by task "${reader.name}"`,
+        conn,
+      );
+    }
+    const unread = this.#unread.get(conn);
+    if (unread !== undefined) {
+      task.value = this.#takeUnread(conn, unread, buffer);
+      return CONTINUE;
+    }
+    let op = this.#reads.get(conn);
+    if (op !== undefined) {
+      op.task = task;
+      op.target = buffer;
+    } else {
+      const promise = conn.read(buffer);
+      const fresh: InFlightRead = { task, promise, buffer, target: buffer };
+      promise.then(
+        (n) => this.#readDone(conn, fresh, n, null),
+        (error) => this.#readDone(conn, fresh, null, error),
+      );
+      op = fresh;
+      this.#reads.set(conn, op);
+    }
+    this.#readWaiting.set(conn, task);
+    return this.#block(task, "reading", conn);
+  }
+
+  #readDone(
+    conn: Deno.Conn,
+    op: InFlightRead,
+    n: number | null,
+    error: unknown,
+  ): void {
+    this.#reads.delete(conn);
+    const task = op.task;
+    if (task === null) {
+      if (n !== null && n > 0) this.#keepUnread(conn, op.buffer.slice(0, n));
+      return;
+    }
+    this.#readWaiting.delete(conn);
+    if (error !== null) return this.#resumeThrow(task, error);
+    if (n !== null && op.target !== op.buffer) {
+      this.#keepUnread(conn, op.buffer.slice(0, n));
+      n = this.#takeUnread(conn, this.#unread.get(conn)!, op.target);
+    }
+    this.#resume(task, n);
+  }
+
+  #stopReading(task: TaskImpl): void {
+    const conn = task.waitingOn as Deno.Conn;
+    this.#readWaiting.delete(conn);
+    this.#reads.get(conn)!.task = null;
+  }
+
+  #keepUnread(conn: Deno.Conn, bytes: Uint8Array): void {
+    const before = this.#unread.get(conn);
+    if (before === undefined) return void this.#unread.set(conn, bytes);
+    const joined = new Uint8Array(before.length + bytes.length);
+    joined.set(before);
+    joined.set(bytes, before.length);
+    this.#unread.set(conn, joined);
+  }
+
+  #takeUnread(conn: Deno.Conn, unread: Uint8Array, buffer: Uint8Array): number {
+    const n = Math.min(unread.length, buffer.length);
+    buffer.set(unread.subarray(0, n));
+    if (n === unread.length) this.#unread.delete(conn);
+    else this.#unread.set(conn, unread.subarray(n));
+    return n;
+  }
+
+  // --- write: writeWaiting --------------------------------------------------------------
+
+  #write(task: TaskImpl, { conn, data }: WriteIntent): boolean {
+    const writer = this.#writeWaiting.get(conn);
+    if (writer !== undefined) {
+      throw new BusyError(
+        `Cannot write: the conn is already being written by task "${writer.name}"`,
+        conn,
+      );
+    }
+    if (data.length === 0) {
+      task.value = 0;
+      return CONTINUE;
+    }
+    const abandoned = this.#writes.get(conn);
+    if (abandoned !== undefined) abandoned.queued = { task, data };
+    else this.#writeMore(conn, task, data, 0);
+    this.#writeWaiting.set(conn, task);
+    return this.#block(task, "writing", conn);
+  }
+
+  #writeMore(
+    conn: Deno.Conn,
+    task: TaskImpl | null,
+    data: Uint8Array,
+    written: number,
+  ): void {
+    let promise: Promise<number>;
+    try {
+      promise = conn.write(written === 0 ? data : data.subarray(written));
+    } catch (error) {
+      promise = Promise.reject(error);
+    }
+    const op: InFlightWrite = { task, promise, data, written, queued: null };
+    this.#writes.set(conn, op);
+    promise.then(
+      (n) => this.#writeDone(conn, op, n, null),
+      (error) => this.#writeDone(conn, op, 0, error),
+    );
+  }
+
+  #writeDone(
+    conn: Deno.Conn,
+    op: InFlightWrite,
+    n: number,
+    error: unknown,
+  ): void {
+    const task = op.task;
+    const written = op.written + n;
+    if (task !== null && error === null && written < op.data.length) {
+      return this.#writeMore(conn, task, op.data, written);
+    }
+    this.#writes.delete(conn);
+    if (task === null) {
+      const queued = op.queued;
+      if (queued !== null && this.#writeWaiting.get(conn) === queued.task) {
+        this.#writeMore(conn, queued.task, queued.data, 0);
+      }
+      return;
+    }
+    this.#writeWaiting.delete(conn);
+    if (error !== null) this.#resumeThrow(task, error);
+    else this.#resume(task, written);
+  }
+
+  #stopWriting(task: TaskImpl): void {
+    const conn = task.waitingOn as Deno.Conn;
+    this.#writeWaiting.delete(conn);
+    const op = this.#writes.get(conn)!;
+    if (op.task === task) op.task = null;
+  }
+
+  // --- accept: acceptWaiting ------------------------------------------------------------
+
+  #accept(task: TaskImpl, { listener }: AcceptIntent): boolean {
+    const acceptor = this.#acceptWaiting.get(listener);
+    if (acceptor !== undefined) {
+      throw new BusyError(
+        `Cannot accept: the listener is already used by task "${acceptor.name}"`,
+        listener,
+      );
+    }
+    const unaccepted = this.#unaccepted.get(listener);
+    if (unaccepted !== undefined) {
+      task.value = unaccepted.shift();
+      if (unaccepted.length === 0) this.#unaccepted.delete(listener);
+      return CONTINUE;
+    }
+    const op = this.#accepts.get(listener);
+    if (op !== undefined) {
+      op.task = task;
+    } else {
+      const promise = listener.accept();
+      const fresh: InFlightAccept = { task, promise };
+      promise.then(
+        (conn) => this.#acceptDone(listener, fresh, conn, null),
+        (error) => this.#acceptDone(listener, fresh, null, error),
+      );
+      this.#accepts.set(listener, fresh);
+    }
+    this.#acceptWaiting.set(listener, task);
+    return this.#block(task, "accepting", listener);
+  }
+
+  #acceptDone(
+    listener: Deno.Listener,
+    op: InFlightAccept,
+    conn: Deno.Conn | null,
+    error: unknown,
+  ): void {
+    this.#accepts.delete(listener);
+    const task = op.task;
+    if (task === null) {
+      if (conn === null) return;
+      const kept = this.#unaccepted.get(listener);
+      if (kept === undefined) this.#unaccepted.set(listener, [conn]);
+      else kept.push(conn);
+      return;
+    }
+    this.#acceptWaiting.delete(listener);
+    if (error !== null) this.#resumeThrow(task, error);
+    else this.#resume(task, conn);
+  }
+
+  #stopAccepting(task: TaskImpl): void {
+    const listener = task.waitingOn as Deno.Listener;
+    this.#acceptWaiting.delete(listener);
+    this.#accepts.get(listener)!.task = null;
+  }
+
+  // --- sleep and deadlines: sleeping, the timer heap -----------------------------------
+
+  #sleep(task: TaskImpl, ms: number): boolean {
+    if (Number.isNaN(ms)) throw new RangeError("Cannot sleep: ms is NaN");
+    if (ms <= 0) return this.#enqueue(task);
+    const at = this.#clock.now() + ms;
+    if (ms !== Infinity) {
+      task.sleepTimer = this.#timers.add({ at, owner: task, index: -1, ms, sleep: true });
+    }
+    this.#sleeping.set(task, at);
+    return this.#block(task, "sleeping", at);
+  }
+
+  #stopSleeping(task: TaskImpl): void {
+    if (task.sleepTimer !== null) this.#timers.remove(task.sleepTimer);
+    task.sleepTimer = null;
+    this.#sleeping.delete(task);
+  }
+
+  #setDeadline(task: TaskImpl, ms: number): Deadline {
+    if (Number.isNaN(ms) || ms < 0) {
+      throw new RangeError(`Cannot set a timeout of ${ms} ms`);
+    }
+    const at = this.#clock.now() + ms;
+    return this.#timers.add({ at, owner: task, index: -1, ms, sleep: false });
+  }
+
+  #clearDeadline(task: TaskImpl, timer: Timer): void {
+    this.#timers.remove(timer);
+    if (task.pendingTimeout === timer) task.pendingTimeout = null;
+  }
+
+  #expire(timer: Timer): void {
+    const task = timer.owner;
+    if (timer.sleep) {
+      task.sleepTimer = null;
+      this.#sleeping.delete(task);
+      return this.#resume(task, undefined);
+    }
+    if (task.finished) return;
+    task.pendingTimeout = timer;
+    if (task.state !== "ready" && task.state !== "running") {
+      this.#stopWaiting(task);
+      this.#interrupt(task);
+      this.#enqueue(task);
+    }
+  }
+
+  // One real timer, set for the earliest deadline whenever that moves earlier.
+  #arm(): void {
+    const next = this.#timers.peek();
+    if (next === undefined || next.at >= this.#alarmAt) return;
+    if (this.#alarm !== null) this.#clock.clearTimer(this.#alarm);
+    this.#alarmAt = next.at;
+    const delay = Math.max(0, Math.ceil(next.at - this.#clock.now()));
+    this.#alarm = this.#clock.setTimer(this.#ring, delay);
+  }
+
+  #ring = (): void => {
+    this.#alarm = null;
+    this.#alarmAt = Infinity;
+    const now = this.#clock.now();
+    this.#looping = true; // wake-ups below join the one loop that follows
+    let timer: Timer | undefined;
+    while ((timer = this.#timers.peek() as Timer | undefined) && timer.at <= now) {
+      this.#timers.remove(timer);
+      this.#expire(timer);
+    }
+    this.#looping = false;
+    this.#loop();
+  };
+
+  // --- ending a run ---------------------------------------------------------------------
+
+  #report(): void {
+    const unreported = this.#unreported;
+    this.#unreported = [];
+    for (const task of unreported) {
+      if (task.observed) continue;
+      try {
+        this.#onError(task.outcome, task);
+      } catch (error) {
+        console.error("genio: onError threw:", error);
+      }
+    }
+  }
+
+  // No task is left, so nobody can take the result of an abandoned Deno call: close its
+  // resource so the call ends, then finish the run once those calls have settled.
+  #stop(): void {
+    if (this.#running === null) return;
+    const running = this.#running;
+    this.#running = null;
+    if (this.#alarm !== null) this.#clock.clearTimer(this.#alarm);
+    this.#alarm = null;
+    this.#alarmAt = Infinity;
+    if (this.#sliceTimer !== null) clearTimeout(this.#sliceTimer);
+    this.#sliceTimer = null;
+    this.#timers.clear();
+    const pending: Promise<unknown>[] = [];
+    for (const [conn, op] of [...this.#reads, ...this.#writes]) {
+      pending.push(op.promise);
+      closeQuietly(conn);
+    }
+    for (const [listener, op] of this.#accepts) {
+      pending.push(op.promise);
+      closeQuietly(listener);
+    }
+    for (const conns of this.#unaccepted.values()) conns.forEach(closeQuietly);
+    this.#unaccepted.clear();
+    this.#unread.clear();
+    if (pending.length === 0) return running.resolve();
+    Promise.allSettled(pending).then(() => running.resolve());
+  }
+}
+
+function remove<T>(list: T[] | null, item: T): void {
+  if (list === null) return;
+  const i = list.indexOf(item);
+  if (i >= 0) list.splice(i, 1);
+}
+
+function closeQuietly(resource: { close(): void }): void {
+  try {
+    resource.close();
+  } catch {
+    // Already closed by its owner: that is the outcome we wanted.
+  }
+}
+
+function reportToStderr(error: unknown, task: Task<unknown>): void {
+  const detail = error instanceof Error ? error.stack ?? String(error) : String(error);
+  console.error(`genio: task "${task.name}" (#${task.id}) failed\n${detail}`);
+}
