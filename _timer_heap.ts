@@ -1,8 +1,7 @@
-// A binary min-heap of timers that knows each entry's position, so that a timeout cleared
-// before it fires (the common case: a read that completed in time) leaves in O(log n) instead
-// of lingering until its deadline.
+// A binary min-heap of timers keyed by `key`, that knows each entry's position so that an
+// entry can leave, or move later, in O(log n).
 export interface TimerEntry<T> {
-  at: number;
+  key: number;
   readonly owner: T;
   index: number;
 }
@@ -43,6 +42,12 @@ export class TimerHeap<T> {
     this.#down(last.index);
   }
 
+  // Moves an entry to a later key: it can only sink.
+  postpone(entry: TimerEntry<T>, key: number): void {
+    entry.key = key;
+    this.#down(entry.index);
+  }
+
   clear(): void {
     for (const entry of this.#heap) entry.index = -1;
     this.#heap = [];
@@ -53,7 +58,7 @@ export class TimerHeap<T> {
     const entry = heap[i];
     while (i > 0) {
       const parent = (i - 1) >> 1;
-      if (heap[parent].at <= entry.at) break;
+      if (heap[parent].key <= entry.key) break;
       heap[i] = heap[parent];
       heap[i].index = i;
       i = parent;
@@ -69,8 +74,8 @@ export class TimerHeap<T> {
     for (;;) {
       let child = 2 * i + 1;
       if (child >= n) break;
-      if (child + 1 < n && heap[child + 1].at < heap[child].at) child++;
-      if (heap[child].at >= entry.at) break;
+      if (child + 1 < n && heap[child + 1].key < heap[child].key) child++;
+      if (heap[child].key >= entry.key) break;
       heap[i] = heap[child];
       heap[i].index = i;
       i = child;

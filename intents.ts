@@ -13,6 +13,7 @@
  * | `cancel(task)`         | `{ type: "cancel" }`      | nothing, once it cleaned up    |
  * | `wait(promise)`        | `{ type: "wait" }`        | the promise's value (or throws)|
  * | `timeout(ms, op)`      | `deadline` / `clear-deadline` | the op's result, or throws `TimeoutError` |
+ * | `idleTimeout(ms, op)`  | `deadline` / `clear-deadline` | the same, the limit counting per wait |
  * | bare `yield`           | `undefined`               | nothing: back of the ready queue |
  *
  * @example Stepping a task by hand: intents are data
@@ -120,12 +121,17 @@ export interface WaitIntent {
   readonly promise: PromiseLike<unknown>;
 }
 
-/** Start a time limit on the current task; answered with a {@linkcode Deadline}. Used by {@linkcode timeout}. */
+/**
+ * Start a time limit on the current task; answered with a {@linkcode Deadline}. Used by
+ * {@linkcode timeout} and {@linkcode idleTimeout}.
+ */
 export interface DeadlineIntent {
   /** Discriminant. */
   readonly type: "deadline";
   /** The limit, in milliseconds from now. */
   readonly ms: number;
+  /** If true, the limit starts again each time one of the task's waits completes. */
+  readonly idle?: boolean;
 }
 
 /** End a time limit started by a {@linkcode DeadlineIntent}. Used by {@linkcode timeout}. */
@@ -452,6 +458,45 @@ export function* wait<T>(promise: PromiseLike<T>): Operation<T> {
  */
 export function* timeout<T>(ms: number, operation: Operation<T>): Operation<T> {
   const deadline = (yield { type: "deadline", ms }) as Deadline;
+  try {
+    return yield* operation;
+  } finally {
+    yield { type: "clear-deadline", deadline };
+  }
+}
+
+/**
+ * Runs `operation` in the current task with an idle limit: it fails with a `TimeoutError`
+ * when any one of its waits (a read, a write, a sleep...) has not completed within `ms`.
+ * The limit starts again each time a wait completes, at almost no cost per wait, which
+ * suits a connection's idle timeout far better than a {@linkcode timeout} per read.
+ *
+ * @typeParam T What the operation returns.
+ * @param ms The longest a single wait may take, in milliseconds.
+ * @param operation The generator object to run.
+ * @returns The operation's result.
+ * @throws {TimeoutError} If one wait took longer than `ms`.
+ *
+ * @example Steady progress never times out; a stall does
+ * ```ts
+ * import { idleTimeout, Scheduler, sleep, TimeoutError } from "@genio/genio";
+ * import assert from "node:assert/strict";
+ *
+ * function* steps(pauses: number[]) {
+ *   for (const ms of pauses) yield* sleep(ms);
+ *   return "finished";
+ * }
+ * const scheduler = new Scheduler();
+ * const steady = scheduler.spawn(idleTimeout(20, steps([10, 10, 10, 10])));
+ * const stalled = scheduler.spawn(idleTimeout(20, steps([10, 60_000])));
+ * const stalledOutcome = assert.rejects(stalled.result, TimeoutError);
+ * await scheduler.run();
+ * assert.equal(await steady.result, "finished");
+ * await stalledOutcome;
+ * ```
+ */
+export function* idleTimeout<T>(ms: number, operation: Operation<T>): Operation<T> {
+  const deadline = (yield { type: "deadline", ms, idle: true }) as Deadline;
   try {
     return yield* operation;
   } finally {

@@ -190,7 +190,20 @@ const NOTHING: unique symbol = Symbol("nothing");
 const BLOCKED = false;
 const CONTINUE = true;
 
-type Timer = TimerEntry<TaskImpl> & { readonly ms: number; sleep: boolean };
+// A sleep, or a deadline of `timeout()`. A deadline pushed later keeps its place in the heap
+// (its `key`) and only moves when it reaches the top: `at` is when it really runs out.
+interface Timer extends TimerEntry<TaskImpl>, Deadline {
+  at: number;
+  ms: number;
+  readonly sleep: boolean;
+  active: boolean;
+  // An idle deadline is checked every ms/8: when a wait of its task has completed since the
+  // last check (`touched`), `at` starts again from that check. So a completed wait costs
+  // one store, and a timeout fires at most ms/8 late, never early.
+  idle: boolean;
+  touched: boolean;
+  outerIdle: Timer | null; // the idle deadline this one is nested in
+}
 
 class TaskImpl<T = unknown> implements Task<T> {
   state: TaskState = "ready";
@@ -205,6 +218,8 @@ class TaskImpl<T = unknown> implements Task<T> {
   observed = false;
   pendingTimeout: Timer | null = null;
   sleepTimer: Timer | null = null;
+  spareTimer: Timer | null = null; // a cleared deadline still in the heap, ready for reuse
+  idleTimer: Timer | null = null;
   waitSeq = 0;
   children: Set<TaskImpl> | null = null;
   joiners: TaskImpl[] | null = null;
@@ -324,6 +339,7 @@ export class Scheduler {
   #sliceTimer: ReturnType<typeof setTimeout> | null = null;
   #alarm: unknown = null;
   #alarmAt = Infinity;
+  #time = NaN; // the clock's reading during this turn of the loop
   #unreported: TaskImpl[] = [];
   #running: PromiseWithResolvers<void> | null = null;
 
@@ -435,6 +451,7 @@ export class Scheduler {
     if (this.#unreported.length > 0) this.#report();
     if (this.#tasks.size === 0) this.#stop();
     else this.#arm();
+    this.#time = NaN;
   };
 
   #wake(): void {
@@ -487,7 +504,7 @@ export class Scheduler {
           task.value = this.#spawn(intent.operation, intent.name, task);
           return CONTINUE;
         case "deadline":
-          task.value = this.#setDeadline(task, intent.ms);
+          task.value = this.#setDeadline(task, intent.ms, intent.idle === true);
           return CONTINUE;
         case "clear-deadline":
           this.#clearDeadline(task, intent.deadline as Timer);
@@ -536,14 +553,22 @@ export class Scheduler {
 
   #resume(task: TaskImpl, value: unknown): void {
     task.value = value;
+    if (task.idleTimer !== null) this.#touchIdle(task);
     this.#enqueue(task);
     this.#wake();
   }
 
   #resumeThrow(task: TaskImpl, error: unknown): void {
     task.error = error;
+    if (task.idleTimer !== null) this.#touchIdle(task);
     this.#enqueue(task);
     this.#wake();
+  }
+
+  // The clock, read at most once per pass of the loop, and only when a deadline needs it.
+  #now(): number {
+    if (Number.isNaN(this.#time)) this.#time = this.#clock.now();
+    return this.#time;
   }
 
   // --- spawn, finish, join, cancel ----------------------------------------------------
@@ -596,6 +621,8 @@ export class Scheduler {
   }
 
   #settle(task: TaskImpl): void {
+    if (task.spareTimer !== null) this.#timers.remove(task.spareTimer);
+    task.spareTimer = null;
     task.state = task.finalState;
     task.waitingOn = null;
     this.#tasks.delete(task);
@@ -914,9 +941,20 @@ export class Scheduler {
   #sleep(task: TaskImpl, ms: number): boolean {
     if (Number.isNaN(ms)) throw new RangeError("Cannot sleep: ms is NaN");
     if (ms <= 0) return this.#enqueue(task);
-    const at = this.#clock.now() + ms;
+    const at = this.#now() + ms;
     if (ms !== Infinity) {
-      task.sleepTimer = this.#timers.add({ at, owner: task, index: -1, ms, sleep: true });
+      task.sleepTimer = this.#timers.add({
+        key: at,
+        at,
+        owner: task,
+        index: -1,
+        ms,
+        sleep: true,
+        active: true,
+        idle: false,
+        touched: false,
+        outerIdle: null,
+      });
     }
     this.#sleeping.set(task, at);
     return this.#block(task, "sleeping", at);
@@ -928,17 +966,62 @@ export class Scheduler {
     this.#sleeping.delete(task);
   }
 
-  #setDeadline(task: TaskImpl, ms: number): Deadline {
+  #setDeadline(task: TaskImpl, ms: number, idle: boolean): Deadline {
     if (Number.isNaN(ms) || ms < 0) {
       throw new RangeError(`Cannot set a timeout of ${ms} ms`);
     }
-    const at = this.#clock.now() + ms;
-    return this.#timers.add({ at, owner: task, index: -1, ms, sleep: false });
+    const now = this.#now();
+    const at = now + ms;
+    const key = idle ? now + ms / 8 : at;
+    let timer = task.spareTimer;
+    // A handler timing every read and write re-arms one deadline per message: reusing the
+    // cleared entry, which is due no later than the new deadline, makes that O(1).
+    if (timer !== null && timer.key <= key) {
+      task.spareTimer = null;
+      timer.at = at;
+      timer.ms = ms;
+      timer.active = true;
+      timer.idle = idle;
+      timer.touched = false;
+    } else {
+      timer = {
+        key,
+        at,
+        owner: task,
+        index: -1,
+        ms,
+        sleep: false,
+        active: true,
+        idle,
+        touched: false,
+        outerIdle: null,
+      };
+      this.#timers.add(timer);
+    }
+    if (idle) {
+      timer.outerIdle = task.idleTimer;
+      task.idleTimer = timer;
+    }
+    return timer;
+  }
+
+  #touchIdle(task: TaskImpl): void {
+    for (let timer = task.idleTimer; timer !== null; timer = timer.outerIdle) {
+      timer.touched = true;
+    }
   }
 
   #clearDeadline(task: TaskImpl, timer: Timer): void {
-    this.#timers.remove(timer);
+    if (!timer.active) return;
+    timer.active = false;
+    if (timer.idle) {
+      task.idleTimer = timer.outerIdle;
+      timer.outerIdle = null;
+    }
     if (task.pendingTimeout === timer) task.pendingTimeout = null;
+    if (timer.index < 0) return;
+    if (task.spareTimer === null && !task.finished) task.spareTimer = timer;
+    else this.#timers.remove(timer);
   }
 
   #expire(timer: Timer): void {
@@ -960,22 +1043,35 @@ export class Scheduler {
   // One real timer, set for the earliest deadline whenever that moves earlier.
   #arm(): void {
     const next = this.#timers.peek();
-    if (next === undefined || next.at >= this.#alarmAt) return;
+    if (next === undefined || next.key >= this.#alarmAt) return;
     if (this.#alarm !== null) this.#clock.clearTimer(this.#alarm);
-    this.#alarmAt = next.at;
-    const delay = Math.max(0, Math.ceil(next.at - this.#clock.now()));
+    this.#alarmAt = next.key;
+    const delay = Math.max(0, Math.ceil(next.key - this.#now()));
     this.#alarm = this.#clock.setTimer(this.#ring, delay);
   }
 
   #ring = (): void => {
     this.#alarm = null;
     this.#alarmAt = Infinity;
-    const now = this.#clock.now();
+    this.#time = NaN;
+    const now = this.#now();
     this.#looping = true; // wake-ups below join the one loop that follows
     let timer: Timer | undefined;
-    while ((timer = this.#timers.peek() as Timer | undefined) && timer.at <= now) {
+    while ((timer = this.#timers.peek() as Timer | undefined) && timer.key <= now) {
+      if (timer.idle && timer.touched) {
+        timer.touched = false;
+        timer.at = now + timer.ms;
+      }
+      if (timer.active && timer.at > now) {
+        this.#timers.postpone(
+          timer,
+          timer.idle ? Math.min(timer.at, now + timer.ms / 8) : timer.at,
+        );
+        continue;
+      }
       this.#timers.remove(timer);
-      this.#expire(timer);
+      if (timer.active) this.#expire(timer);
+      else if (timer.owner.spareTimer === timer) timer.owner.spareTimer = null;
     }
     this.#looping = false;
     this.#loop();

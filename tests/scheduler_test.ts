@@ -4,6 +4,7 @@ import {
   BusyError,
   cancel,
   Cancelled,
+  idleTimeout,
   type Intent,
   join,
   type Operation,
@@ -678,6 +679,49 @@ Deno.test("nested timeouts: the earlier one fires, the later one is cleared", as
   }());
   await scheduler.run();
   assert.equal(await task.result, 5);
+});
+
+Deno.test("idleTimeout() restarts its limit each time a wait completes", async () => {
+  const scheduler = new Scheduler();
+  const task = scheduler.spawn(idleTimeout(
+    40,
+    function* () {
+      for (let i = 0; i < 10; i++) yield* sleep(10); // 100 ms in all, never 40 ms idle
+      return "finished";
+    }(),
+  ));
+  await scheduler.run();
+  assert.equal(await task.result, "finished");
+});
+
+Deno.test("idleTimeout() fails a stalled read with TimeoutError, never before its limit", async () => {
+  using pair = await loopback();
+  const scheduler = new Scheduler();
+  const started = performance.now();
+  const task = scheduler.spawn(function* () {
+    try {
+      yield* idleTimeout(
+        30,
+        function* () {
+          const buffer = new Uint8Array(8);
+          yield* read(pair.server, buffer); // answered
+          yield* read(pair.server, buffer); // never answered
+        }(),
+      );
+    } catch (error) {
+      assert.ok(error instanceof TimeoutError);
+      assert.equal(error.ms, 30);
+      return performance.now() - started;
+    } finally {
+      pair.server.close();
+    }
+  }());
+  const running = scheduler.run();
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  await pair.client.write(encode("x"));
+  await running;
+  const elapsed = (await task.result)!;
+  assert.ok(elapsed >= 20 + 30, `timed out after ${elapsed} ms`);
 });
 
 // --- no byte lost ------------------------------------------------------------------------------
