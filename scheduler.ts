@@ -221,6 +221,7 @@ class TaskImpl<T = unknown> implements Task<T> {
   spareTimer: Timer | null = null; // a cleared deadline still in the heap, ready for reuse
   idleTimer: Timer | null = null;
   waitSeq = 0;
+  io: InFlight | null = null; // the Deno call it waits on when reading, writing or accepting
   children: Set<TaskImpl> | null = null;
   joiners: TaskImpl[] | null = null;
   cancellers: TaskImpl[] | null = null;
@@ -323,11 +324,11 @@ export class Scheduler {
   #timers = new TimerHeap<TaskImpl>();
   #tasks = new Set<TaskImpl>();
 
-  // Deno calls still in flight, kept even after their task stopped waiting (Deno cannot
-  // un-issue them), and results that arrived for nobody, kept for the next taker.
-  #reads = new Map<Deno.Conn, InFlightRead>();
-  #writes = new Map<Deno.Conn, InFlightWrite>();
-  #accepts = new Map<Deno.Listener, InFlightAccept>();
+  // Stray calls: Deno calls whose task stopped waiting (Deno cannot un-issue them), kept for
+  // the next taker of the same conn or listener, and results that arrived for nobody.
+  #strayReads = new Map<Deno.Conn, InFlightRead>();
+  #strayWrites = new Map<Deno.Conn, InFlightWrite>();
+  #strayAccepts = new Map<Deno.Listener, InFlightAccept>();
   #unread = new Map<Deno.Conn, Uint8Array>();
   #unaccepted = new Map<Deno.Listener, Deno.Conn[]>();
 
@@ -739,13 +740,16 @@ export class Scheduler {
         conn,
       );
     }
-    const unread = this.#unread.get(conn);
-    if (unread !== undefined) {
-      task.value = this.#takeUnread(conn, unread, buffer);
-      return CONTINUE;
+    if (this.#unread.size > 0) {
+      const unread = this.#unread.get(conn);
+      if (unread !== undefined) {
+        task.value = this.#takeUnread(conn, unread, buffer);
+        return CONTINUE;
+      }
     }
-    let op = this.#reads.get(conn);
+    let op = this.#strayReads.size > 0 ? this.#strayReads.get(conn) : undefined;
     if (op !== undefined) {
+      this.#strayReads.delete(conn);
       op.task = task;
       op.target = buffer;
     } else {
@@ -756,24 +760,20 @@ export class Scheduler {
         (error) => this.#readDone(conn, fresh, null, error),
       );
       op = fresh;
-      this.#reads.set(conn, op);
     }
+    task.io = op;
     this.#readWaiting.set(conn, task);
     return this.#block(task, "reading", conn);
   }
 
-  #readDone(
-    conn: Deno.Conn,
-    op: InFlightRead,
-    n: number | null,
-    error: unknown,
-  ): void {
-    this.#reads.delete(conn);
+  #readDone(conn: Deno.Conn, op: InFlightRead, n: number | null, error: unknown): void {
     const task = op.task;
     if (task === null) {
+      this.#strayReads.delete(conn);
       if (n !== null && n > 0) this.#keepUnread(conn, op.buffer.slice(0, n));
       return;
     }
+    task.io = null;
     this.#readWaiting.delete(conn);
     if (error !== null) return this.#resumeThrow(task, error);
     if (n !== null && op.target !== op.buffer) {
@@ -786,7 +786,7 @@ export class Scheduler {
   #stopReading(task: TaskImpl): void {
     const conn = task.waitingOn as Deno.Conn;
     this.#readWaiting.delete(conn);
-    this.#reads.get(conn)!.task = null;
+    this.#strayReads.set(conn, this.#abandon(task) as InFlightRead);
   }
 
   #keepUnread(conn: Deno.Conn, bytes: Uint8Array): void {
@@ -806,6 +806,13 @@ export class Scheduler {
     return n;
   }
 
+  #abandon(task: TaskImpl): InFlight {
+    const op = task.io!;
+    op.task = null;
+    task.io = null;
+    return op;
+  }
+
   // --- write: writeWaiting --------------------------------------------------------------
 
   #write(task: TaskImpl, { conn, data }: WriteIntent): boolean {
@@ -820,19 +827,15 @@ export class Scheduler {
       task.value = 0;
       return CONTINUE;
     }
-    const abandoned = this.#writes.get(conn);
-    if (abandoned !== undefined) abandoned.queued = { task, data };
+    // Bytes must not overtake an abandoned write that is still going out.
+    const stray = this.#strayWrites.size > 0 ? this.#strayWrites.get(conn) : undefined;
+    if (stray !== undefined) stray.queued = { task, data };
     else this.#writeMore(conn, task, data, 0);
     this.#writeWaiting.set(conn, task);
     return this.#block(task, "writing", conn);
   }
 
-  #writeMore(
-    conn: Deno.Conn,
-    task: TaskImpl | null,
-    data: Uint8Array,
-    written: number,
-  ): void {
+  #writeMore(conn: Deno.Conn, task: TaskImpl, data: Uint8Array, written: number): void {
     let promise: Promise<number>;
     try {
       promise = conn.write(written === 0 ? data : data.subarray(written));
@@ -840,32 +843,28 @@ export class Scheduler {
       promise = Promise.reject(error);
     }
     const op: InFlightWrite = { task, promise, data, written, queued: null };
-    this.#writes.set(conn, op);
+    task.io = op;
     promise.then(
       (n) => this.#writeDone(conn, op, n, null),
       (error) => this.#writeDone(conn, op, 0, error),
     );
   }
 
-  #writeDone(
-    conn: Deno.Conn,
-    op: InFlightWrite,
-    n: number,
-    error: unknown,
-  ): void {
+  #writeDone(conn: Deno.Conn, op: InFlightWrite, n: number, error: unknown): void {
     const task = op.task;
-    const written = op.written + n;
-    if (task !== null && error === null && written < op.data.length) {
-      return this.#writeMore(conn, task, op.data, written);
-    }
-    this.#writes.delete(conn);
     if (task === null) {
+      this.#strayWrites.delete(conn);
       const queued = op.queued;
       if (queued !== null && this.#writeWaiting.get(conn) === queued.task) {
         this.#writeMore(conn, queued.task, queued.data, 0);
       }
       return;
     }
+    const written = op.written + n;
+    if (error === null && written < op.data.length) {
+      return this.#writeMore(conn, task, op.data, written);
+    }
+    task.io = null;
     this.#writeWaiting.delete(conn);
     if (error !== null) this.#resumeThrow(task, error);
     else this.#resume(task, written);
@@ -874,8 +873,8 @@ export class Scheduler {
   #stopWriting(task: TaskImpl): void {
     const conn = task.waitingOn as Deno.Conn;
     this.#writeWaiting.delete(conn);
-    const op = this.#writes.get(conn)!;
-    if (op.task === task) op.task = null;
+    // A writer queued behind a stray write has no call of its own yet.
+    if (task.io !== null) this.#strayWrites.set(conn, this.#abandon(task) as InFlightWrite);
   }
 
   // --- accept: acceptWaiting ------------------------------------------------------------
@@ -894,8 +893,9 @@ export class Scheduler {
       if (unaccepted.length === 0) this.#unaccepted.delete(listener);
       return CONTINUE;
     }
-    const op = this.#accepts.get(listener);
+    let op = this.#strayAccepts.get(listener);
     if (op !== undefined) {
+      this.#strayAccepts.delete(listener);
       op.task = task;
     } else {
       const promise = listener.accept();
@@ -904,8 +904,9 @@ export class Scheduler {
         (conn) => this.#acceptDone(listener, fresh, conn, null),
         (error) => this.#acceptDone(listener, fresh, null, error),
       );
-      this.#accepts.set(listener, fresh);
+      op = fresh;
     }
+    task.io = op;
     this.#acceptWaiting.set(listener, task);
     return this.#block(task, "accepting", listener);
   }
@@ -916,15 +917,16 @@ export class Scheduler {
     conn: Deno.Conn | null,
     error: unknown,
   ): void {
-    this.#accepts.delete(listener);
     const task = op.task;
     if (task === null) {
+      this.#strayAccepts.delete(listener);
       if (conn === null) return;
       const kept = this.#unaccepted.get(listener);
       if (kept === undefined) this.#unaccepted.set(listener, [conn]);
       else kept.push(conn);
       return;
     }
+    task.io = null;
     this.#acceptWaiting.delete(listener);
     if (error !== null) this.#resumeThrow(task, error);
     else this.#resume(task, conn);
@@ -933,7 +935,7 @@ export class Scheduler {
   #stopAccepting(task: TaskImpl): void {
     const listener = task.waitingOn as Deno.Listener;
     this.#acceptWaiting.delete(listener);
-    this.#accepts.get(listener)!.task = null;
+    this.#strayAccepts.set(listener, this.#abandon(task));
   }
 
   // --- sleep and deadlines: sleeping, the timer heap -----------------------------------
@@ -1105,13 +1107,12 @@ export class Scheduler {
     this.#sliceTimer = null;
     this.#timers.clear();
     const pending: Promise<unknown>[] = [];
-    for (const [conn, op] of [...this.#reads, ...this.#writes]) {
-      pending.push(op.promise);
-      closeQuietly(conn);
-    }
-    for (const [listener, op] of this.#accepts) {
-      pending.push(op.promise);
-      closeQuietly(listener);
+    for (const strays of [this.#strayReads, this.#strayWrites, this.#strayAccepts]) {
+      for (const [resource, op] of strays) {
+        pending.push(op.promise);
+        closeQuietly(resource);
+      }
+      strays.clear();
     }
     for (const conns of this.#unaccepted.values()) conns.forEach(closeQuietly);
     this.#unaccepted.clear();

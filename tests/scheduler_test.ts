@@ -772,6 +772,33 @@ Deno.test("a cancelled reader's bytes go to the conn's next reader, another task
   assert.equal(await main.result, "for second");
 });
 
+Deno.test("a write after a timed-out write goes out after what the abandoned one sent", async () => {
+  using pair = await loopback();
+  const scheduler = new Scheduler();
+  const big = new Uint8Array(16 * 1024 * 1024).map((_, i) => i % 200);
+  const task = scheduler.spawn(function* () {
+    try {
+      yield* timeout(20, write(pair.server, big)); // the client is not reading yet
+    } catch (error) {
+      assert.ok(error instanceof TimeoutError);
+    }
+    yield* write(pair.server, encode("END"));
+    pair.server.close();
+  }());
+  const running = scheduler.run();
+  const chunks: Uint8Array[] = [];
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  for await (const chunk of pair.client.readable) chunks.push(chunk);
+  await running;
+  await task.result;
+  const received = new Uint8Array(chunks.reduce((sum, chunk) => sum + chunk.length, 0));
+  chunks.reduce((offset, chunk) => (received.set(chunk, offset), offset + chunk.length), 0);
+  const body = received.subarray(0, received.length - 3);
+  assert.equal(decode(received.subarray(body.length)), "END");
+  assert.ok(body.length < big.length, "the abandoned write was not continued");
+  assert.deepEqual(body, big.subarray(0, body.length));
+});
+
 Deno.test("a conn left with an abandoned read is closed when run() finishes", async () => {
   using pair = await loopback();
   const scheduler = new Scheduler();
