@@ -26,3 +26,4 @@
 export * from "./errors.ts";
 export * from "./intents.ts";
 export * from "./scheduler.ts";
+export * from "./server.ts";
