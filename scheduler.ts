@@ -430,6 +430,58 @@ export class Scheduler {
     return promise;
   }
 
+  /**
+   * Runs one step by hand: takes the task at the front of the ready queue and runs it until
+   * it blocks, yields, or ends, then returns it. Between calls, the ready queue, the wait
+   * maps and `tasks()` show exactly where every task is. I/O completions and timers that
+   * arrive meanwhile only move their tasks to the ready queue; nothing runs until the next
+   * `step()` (or `run()`).
+   *
+   * @returns The task that ran, or `null` if no task is ready.
+   * @throws {Error} While `run()` is running: the loop and single steps cannot mix.
+   *
+   * @example Watching a task move between the ready queue and the sleepers
+   * ```ts
+   * import { Scheduler, sleep } from "@genio/genio";
+   * import assert from "node:assert/strict";
+   *
+   * const scheduler = new Scheduler();
+   * const task = scheduler.spawn(function* () {
+   *   yield; // to the back of the ready queue
+   *   yield* sleep(1);
+   * }(), { name: "napper" });
+   *
+   * assert.deepEqual(scheduler.ready, [task]);
+   * assert.equal(scheduler.step(), task); // ran up to the bare yield
+   * assert.deepEqual(scheduler.ready, [task]);
+   * scheduler.step(); // ran up to the sleep
+   * assert.equal(scheduler.ready.length, 0);
+   * assert.equal(task.state, "sleeping");
+   * assert.ok(scheduler.sleeping.has(task));
+   *
+   * await new Promise((resolve) => setTimeout(resolve, 5)); // the sleep ends
+   * assert.deepEqual(scheduler.ready, [task]);
+   * scheduler.step(); // returns
+   * assert.equal(task.state, "done");
+   * assert.equal(scheduler.step(), null);
+   * ```
+   */
+  step(): Task<unknown> | null {
+    if (this.#running !== null || this.#looping) {
+      throw new Error("Cannot step: the scheduler is running; step() is for when run() is not");
+    }
+    const task = this.#ready.shift();
+    if (task === undefined) return null;
+    this.#looping = true;
+    try {
+      this.#step(task);
+    } finally {
+      this.#looping = false;
+      this.#endTurn();
+    }
+    return task;
+  }
+
   // --- the step loop -------------------------------------------------------------------
 
   #loop = (): void => {
@@ -449,11 +501,15 @@ export class Scheduler {
       }
     }
     this.#looping = false;
+    this.#endTurn();
+  };
+
+  #endTurn(): void {
     if (this.#unreported.length > 0) this.#report();
     if (this.#tasks.size === 0) this.#stop();
     else this.#arm();
     this.#time = NaN;
-  };
+  }
 
   #wake(): void {
     if (!this.#looping && this.#running !== null) this.#loop();
@@ -1076,7 +1132,7 @@ export class Scheduler {
       else if (timer.owner.spareTimer === timer) timer.owner.spareTimer = null;
     }
     this.#looping = false;
-    this.#loop();
+    this.#wake();
   };
 
   // --- ending a run ---------------------------------------------------------------------
@@ -1097,7 +1153,6 @@ export class Scheduler {
   // No task is left, so nobody can take the result of an abandoned Deno call: close its
   // resource so the call ends, then finish the run once those calls have settled.
   #stop(): void {
-    if (this.#running === null) return;
     const running = this.#running;
     this.#running = null;
     if (this.#alarm !== null) this.#clock.clearTimer(this.#alarm);
@@ -1117,6 +1172,7 @@ export class Scheduler {
     for (const conns of this.#unaccepted.values()) conns.forEach(closeQuietly);
     this.#unaccepted.clear();
     this.#unread.clear();
+    if (running === null) return;
     if (pending.length === 0) return running.resolve();
     Promise.allSettled(pending).then(() => running.resolve());
   }

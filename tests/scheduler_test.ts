@@ -18,6 +18,7 @@ import {
   wait,
   write,
 } from "../mod.ts";
+import { createTestScheduler, memoryConnPair } from "../testing.ts";
 import { decode, encode, loopback, readText } from "./_loopback.ts";
 
 function quietScheduler(): { scheduler: Scheduler; reported: unknown[] } {
@@ -609,47 +610,50 @@ Deno.test("cancelling a parent cancels its whole tree before cancel() returns", 
 
 // --- time ------------------------------------------------------------------------------------
 
-Deno.test("sleepers wake in deadline order", async () => {
-  const scheduler = new Scheduler();
-  const woke: number[] = [];
+// On the testing kit's virtual clock, so that every time below is exact.
+
+Deno.test("sleepers wake in deadline order, each at its own time", async () => {
+  const { scheduler, clock } = createTestScheduler({ autojump: true });
+  const woke: string[] = [];
   for (const ms of [30, 10, 20, 0]) {
     scheduler.spawn(function* () {
       yield* sleep(ms);
-      woke.push(ms);
+      woke.push(`${ms} at ${clock.now()}`);
     }());
   }
   await scheduler.run();
-  assert.deepEqual(woke, [0, 10, 20, 30]);
+  assert.deepEqual(woke, ["0 at 0", "10 at 10", "20 at 20", "30 at 30"]);
 });
 
 Deno.test("timeout() returns the result when the operation is in time", async () => {
-  const scheduler = new Scheduler();
+  const { scheduler, clock } = createTestScheduler({ autojump: true });
   const task = scheduler.spawn(function* () {
     const value = yield* timeout(
       1_000,
       function* () {
-        yield* sleep(1);
+        yield* sleep(999);
         return "in time";
       }(),
     );
-    yield* sleep(5); // the cleared deadline must not fire later
+    yield* sleep(5_000); // the cleared deadline must not fire later
     return value;
   }());
   await scheduler.run();
   assert.equal(await task.result, "in time");
+  assert.equal(clock.now(), 5_999);
 });
 
-Deno.test("timeout() throws TimeoutError and cancels what the operation waited on", async () => {
-  using pair = await loopback();
-  const scheduler = new Scheduler();
+Deno.test("timeout() throws TimeoutError at its limit and cancels what the operation waited on", async () => {
+  const [client, server] = memoryConnPair();
+  const { scheduler, clock } = createTestScheduler({ autojump: true });
   const log: string[] = [];
   const task = scheduler.spawn(function* () {
     try {
       yield* timeout(
-        10,
+        10_000,
         function* () {
           try {
-            yield* read(pair.server, new Uint8Array(8));
+            yield* read(server, new Uint8Array(8));
           } finally {
             log.push("operation cleaned up");
           }
@@ -657,71 +661,76 @@ Deno.test("timeout() throws TimeoutError and cancels what the operation waited o
       );
     } catch (error) {
       assert.ok(error instanceof TimeoutError);
-      log.push(`timed out after ${error.ms} ms`);
+      log.push(`timed out after ${error.ms} ms, at ${clock.now()}`);
       assert.equal(scheduler.readWaiting.size, 0);
     } finally {
-      pair.server.close();
+      server.close();
     }
   }());
   await scheduler.run();
   await task.result;
-  assert.deepEqual(log, ["operation cleaned up", "timed out after 10 ms"]);
+  client.close();
+  assert.deepEqual(log, ["operation cleaned up", "timed out after 10000 ms, at 10000"]);
 });
 
 Deno.test("nested timeouts: the earlier one fires, the later one is cleared", async () => {
-  const scheduler = new Scheduler();
+  const { scheduler, clock } = createTestScheduler({ autojump: true });
   const task = scheduler.spawn(function* () {
     try {
       yield* timeout(1_000, timeout(5, sleep(60_000)));
     } catch (error) {
-      return (error as TimeoutError).ms;
+      return `${(error as TimeoutError).ms} at ${clock.now()}`;
     }
   }());
   await scheduler.run();
-  assert.equal(await task.result, 5);
+  assert.equal(await task.result, "5 at 5");
 });
 
 Deno.test("idleTimeout() restarts its limit each time a wait completes", async () => {
-  const scheduler = new Scheduler();
+  const { scheduler, clock } = createTestScheduler({ autojump: true });
   const task = scheduler.spawn(idleTimeout(
     40,
     function* () {
-      for (let i = 0; i < 10; i++) yield* sleep(10); // 100 ms in all, never 40 ms idle
+      for (let i = 0; i < 10; i++) yield* sleep(39); // 390 ms in all, never 40 ms idle
       return "finished";
     }(),
   ));
   await scheduler.run();
   assert.equal(await task.result, "finished");
+  assert.equal(clock.now(), 390);
 });
 
-Deno.test("idleTimeout() fails a stalled read with TimeoutError, never before its limit", async () => {
-  using pair = await loopback();
-  const scheduler = new Scheduler();
-  const started = performance.now();
+Deno.test("idleTimeout() fails a stalled read between its limit and 9/8 of it after the last wait", async () => {
+  const [client, server] = memoryConnPair();
+  const { scheduler, clock } = createTestScheduler();
   const task = scheduler.spawn(function* () {
     try {
       yield* idleTimeout(
-        30,
+        800,
         function* () {
           const buffer = new Uint8Array(8);
-          yield* read(pair.server, buffer); // answered
-          yield* read(pair.server, buffer); // never answered
+          yield* read(server, buffer); // answered at 500
+          yield* read(server, buffer); // never answered
         }(),
       );
     } catch (error) {
       assert.ok(error instanceof TimeoutError);
-      assert.equal(error.ms, 30);
-      return performance.now() - started;
+      assert.equal(error.ms, 800);
+      return clock.now();
     } finally {
-      pair.server.close();
+      server.close();
     }
   }());
   const running = scheduler.run();
-  await new Promise((resolve) => setTimeout(resolve, 20));
-  await pair.client.write(encode("x"));
+  await clock.advance(500);
+  await client.write(encode("x"));
+  await clock.advance(799); // 1299: not yet 800 ms since the read at 500
+  assert.equal(task.state, "reading");
+  clock.autojump(scheduler);
   await running;
-  const elapsed = (await task.result)!;
-  assert.ok(elapsed >= 20 + 30, `timed out after ${elapsed} ms`);
+  client.close();
+  const failedAt = (await task.result)!;
+  assert.ok(failedAt >= 500 + 800 && failedAt <= 500 + 900, `timed out at ${failedAt}`);
 });
 
 // --- no byte lost ------------------------------------------------------------------------------
@@ -811,4 +820,88 @@ Deno.test("a conn left with an abandoned read is closed when run() finishes", as
   }());
   await scheduler.run();
   assert.throws(() => pair.server.close(), Deno.errors.BadResource);
+});
+
+// --- single-stepping -----------------------------------------------------------------------
+
+async function until(condition: () => boolean): Promise<void> {
+  for (let i = 0; i < 500 && !condition(); i++) await new Promise((r) => setTimeout(r, 2));
+  assert.ok(condition(), "timed out waiting for the condition");
+}
+
+Deno.test("step() runs one task turn at a time; the queue and wait maps show every move", async () => {
+  using pair = await loopback();
+  const scheduler = new Scheduler();
+  const got: string[] = [];
+  const reader = scheduler.spawn(
+    function* () {
+      const buffer = new Uint8Array(16);
+      const n = yield* read(pair.server, buffer);
+      got.push(decode(buffer.subarray(0, n!)));
+      yield* write(pair.server, encode("ok"));
+    }(),
+    { name: "reader" },
+  );
+  const other = scheduler.spawn(
+    function* () {
+      yield;
+    }(),
+    { name: "other" },
+  );
+
+  assert.deepEqual(scheduler.ready, [reader, other]);
+  assert.equal(scheduler.step(), reader);
+  assert.deepEqual(scheduler.ready, [other]);
+  assert.equal(scheduler.readWaiting.get(pair.server), reader);
+  assert.equal(reader.state, "reading");
+
+  assert.equal(scheduler.step(), other);
+  assert.deepEqual(scheduler.ready, [other]);
+  assert.equal(scheduler.step(), other);
+  assert.equal(other.state, "done");
+  assert.equal(scheduler.step(), null);
+
+  // The read completes, but nothing runs until the next step.
+  await pair.client.write(encode("hi"));
+  await until(() => scheduler.ready.length === 1);
+  assert.deepEqual(scheduler.ready, [reader]);
+  assert.equal(scheduler.readWaiting.size, 0);
+  assert.deepEqual(got, []);
+
+  assert.equal(scheduler.step(), reader);
+  assert.deepEqual(got, ["hi"]);
+  assert.equal(scheduler.writeWaiting.get(pair.server), reader);
+  await until(() => scheduler.ready.length === 1);
+  assert.equal(scheduler.step(), reader);
+  assert.equal(reader.state, "done");
+  assert.deepEqual(scheduler.tasks(), []);
+  assert.equal(await readText(pair.client, 2), "ok");
+});
+
+Deno.test("step() refuses to run while run() is running, and run() finishes a stepped task", async () => {
+  const scheduler = new Scheduler();
+  const task = scheduler.spawn(function* () {
+    yield;
+    yield* sleep(1);
+    return "finished";
+  }());
+  scheduler.step();
+  const running = scheduler.run();
+  assert.throws(() => scheduler.step(), /Cannot step: the scheduler is running/);
+  await running;
+  assert.equal(await task.result, "finished");
+  assert.equal(scheduler.step(), null);
+});
+
+Deno.test("a failure in a stepped task is reported once, at the end of its step", () => {
+  const { scheduler, reported } = quietScheduler();
+  scheduler.spawn(function* () {
+    yield;
+    throw new Error("boom");
+  }());
+  scheduler.step();
+  assert.equal(reported.length, 0);
+  scheduler.step();
+  assert.equal(reported.length, 1);
+  assert.match(String(reported[0]), /boom/);
 });
