@@ -2,11 +2,10 @@ import assert from "node:assert/strict";
 import { Cancelled, type Operation, read, Scheduler, TimeoutError } from "../mod.ts";
 import { echoHandler, type Handler, serve, tcpServer } from "../server.ts";
 import denoJson from "../deno.json" with { type: "json" };
+import { decode, encode, readText } from "./_loopback.ts";
 import { runServer, startServer, within } from "./_server_process.ts";
 
 const HOST = "127.0.0.1";
-const encode = (text: string): Uint8Array => new TextEncoder().encode(text);
-const decode = (bytes: Uint8Array): string => new TextDecoder().decode(bytes);
 
 const HAS_IPV6: boolean = (() => {
   try {
@@ -31,16 +30,7 @@ function connect(port: number, hostname = HOST): Promise<Deno.TcpConn> {
 
 // Reads exactly `size` bytes (or until the end of the stream), within `ms`.
 function readExactly(conn: Deno.Conn, size: number, ms = 5_000): Promise<string> {
-  return within(ms, `${size} bytes`, async () => {
-    const buffer = new Uint8Array(size);
-    let got = 0;
-    while (got < size) {
-      const n = await conn.read(buffer.subarray(got));
-      if (n === null) break;
-      got += n;
-    }
-    return decode(buffer.subarray(0, got));
-  });
+  return within(ms, `${size} bytes`, () => readText(conn, size));
 }
 
 // Reads until the server closes the stream, within `ms`.
