@@ -102,8 +102,9 @@ export class TimeoutError extends Error {
  * const scheduler = new Scheduler();
  * const first = scheduler.spawn(read(server, new Uint8Array(8)));
  * const second = scheduler.spawn(read(server, new Uint8Array(8)));
+ * const refused = assert.rejects(second.result, BusyError); // awaited, so not reported
  * const done = scheduler.run();
- * await assert.rejects(second.result, BusyError);
+ * await refused;
  * await client.write(new TextEncoder().encode("hi"));
  * await done;
  * assert.equal(await first.result, 2);
