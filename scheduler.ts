@@ -329,7 +329,10 @@ export class Scheduler {
   #strayReads = new Map<Deno.Conn, InFlightRead>();
   #strayWrites = new Map<Deno.Conn, InFlightWrite>();
   #strayAccepts = new Map<Deno.Listener, InFlightAccept>();
-  #unread = new Map<Deno.Conn, Uint8Array>();
+  // Weak, because the conn's owner may close it and never read again: the bytes go with it.
+  // The count only keeps the lookup off the hot path while nothing is unread.
+  #unread = new WeakMap<Deno.Conn, Uint8Array>();
+  #unreadCount = 0;
   #unaccepted = new Map<Deno.Listener, Deno.Conn[]>();
 
   #clock: Clock;
@@ -796,7 +799,7 @@ export class Scheduler {
         conn,
       );
     }
-    if (this.#unread.size > 0) {
+    if (this.#unreadCount > 0) {
       const unread = this.#unread.get(conn);
       if (unread !== undefined) {
         task.value = this.#takeUnread(conn, unread, buffer);
@@ -847,7 +850,10 @@ export class Scheduler {
 
   #keepUnread(conn: Deno.Conn, bytes: Uint8Array): void {
     const before = this.#unread.get(conn);
-    if (before === undefined) return void this.#unread.set(conn, bytes);
+    if (before === undefined) {
+      this.#unreadCount++;
+      return void this.#unread.set(conn, bytes);
+    }
     const joined = new Uint8Array(before.length + bytes.length);
     joined.set(before);
     joined.set(bytes, before.length);
@@ -857,8 +863,10 @@ export class Scheduler {
   #takeUnread(conn: Deno.Conn, unread: Uint8Array, buffer: Uint8Array): number {
     const n = Math.min(unread.length, buffer.length);
     buffer.set(unread.subarray(0, n));
-    if (n === unread.length) this.#unread.delete(conn);
-    else this.#unread.set(conn, unread.subarray(n));
+    if (n === unread.length) {
+      this.#unread.delete(conn);
+      this.#unreadCount--;
+    } else this.#unread.set(conn, unread.subarray(n));
     return n;
   }
 
@@ -1171,7 +1179,8 @@ export class Scheduler {
     }
     for (const conns of this.#unaccepted.values()) conns.forEach(closeQuietly);
     this.#unaccepted.clear();
-    this.#unread.clear();
+    this.#unread = new WeakMap();
+    this.#unreadCount = 0;
     if (running === null) return;
     if (pending.length === 0) return running.resolve();
     Promise.allSettled(pending).then(() => running.resolve());

@@ -808,6 +808,16 @@ Deno.test("a write after a timed-out write goes out after what the abandoned one
   assert.deepEqual(body, big.subarray(0, body.length));
 });
 
+Deno.test("bytes of an abandoned read on a conn nobody reads again are not kept", async () => {
+  // 200 abandoned reads of 512 KiB each would hold 100 MiB if the kernel kept them.
+  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--v8-flags=--expose-gc", new URL("./_abandoned_reads.ts", import.meta.url).href],
+  }).output();
+  assert.equal(code, 0, decode(stderr));
+  const grewMiB = Number(decode(stdout).trim());
+  assert.ok(grewMiB < 32, `external memory grew by ${grewMiB} MiB`);
+});
+
 Deno.test("a conn left with an abandoned read is closed when run() finishes", async () => {
   using pair = await loopback();
   const scheduler = new Scheduler();
