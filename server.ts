@@ -63,8 +63,12 @@ const DEFAULT_GRACE_MS = 5_000;
 const DEFAULT_BUFFER_SIZE = 16 * 1024;
 const MAX_BUFFER_SIZE = 1 << 30;
 // How long the accept loop waits before trying again after a failure that is not one
-// client's (too many open files, say), so that it does not spin.
+// client's (too many open files, say): doubling up to the maximum while the failure lasts,
+// so that the loop neither spins nor floods the log.
 const ACCEPT_RETRY_MS = 100;
+const ACCEPT_RETRY_MAX_MS = 5_000;
+// The default log prints a repeated accept failure at most this often.
+const ACCEPT_LOG_REPEAT_MS = 60_000;
 
 /**
  * What a connection's handler may honour, as {@linkcode tcpServer} passes it.
@@ -148,9 +152,11 @@ export interface TcpServerOptions extends HandlerOptions {
   onDisconnect?: (remoteAddr: Deno.NetAddr, error: unknown) => void;
   /**
    * Called when `listener.accept()` failed for a reason other than the listener closing,
-   * such as a client that reset before it was accepted. The loop goes on accepting.
+   * such as a client that reset before it was accepted. The loop goes on accepting; after
+   * a failure that is not one client's (too many open files), it first waits 100 ms,
+   * doubling up to 5 s while the failure lasts.
    *
-   * @default {one line on stderr}
+   * @default {one line on stderr; the same failure again at most once a minute}
    */
   onAcceptError?: (error: unknown) => void;
 }
@@ -380,7 +386,7 @@ export function* tcpServer(
   };
   const onConnect = options.onConnect;
   const onDisconnect = options.onDisconnect ?? logDisconnect;
-  const onAcceptError = options.onAcceptError ?? logAcceptError;
+  const onAcceptError = options.onAcceptError ?? acceptErrorLog();
 
   let open = 0;
   let connectionEnded: PromiseWithResolvers<void> | null = null;
@@ -391,6 +397,7 @@ export function* tcpServer(
   };
   const nextEnd = (): Promise<void> => (connectionEnded ??= Promise.withResolvers()).promise;
 
+  let retryMs = ACCEPT_RETRY_MS;
   for (;;) {
     while (open >= maxConnections) yield* wait(nextEnd());
     let conn: Deno.Conn;
@@ -401,9 +408,12 @@ export function* tcpServer(
       if (error instanceof Cancelled || error instanceof TimeoutError) throw error;
       if (error instanceof BusyError) throw error;
       onAcceptError(error);
-      if (!failedBeforeAccept(error)) yield* sleep(ACCEPT_RETRY_MS);
+      if (failedBeforeAccept(error)) continue;
+      yield* sleep(retryMs);
+      retryMs = Math.min(retryMs * 2, ACCEPT_RETRY_MAX_MS);
       continue;
     }
+    retryMs = ACCEPT_RETRY_MS;
     open++;
     const remoteAddr = conn.remoteAddr as Deno.NetAddr;
     yield* spawn(
@@ -634,8 +644,25 @@ function logDisconnect(remoteAddr: Deno.NetAddr, error: unknown): void {
   console.error(`Connection ${formatAddress(remoteAddr)} failed: ${describe(error)}`);
 }
 
-function logAcceptError(error: unknown): void {
-  console.error(`Accept failed: ${describe(error)}`);
+// A server out of file descriptors fails every accept for as long as that lasts: one line
+// says so, and the same line again only once a minute, with how often it was left out.
+function acceptErrorLog(): (error: unknown) => void {
+  let last = "";
+  let printedAt = -Infinity;
+  let leftOut = 0;
+  return (error) => {
+    const line = `Accept failed: ${describe(error)}`;
+    const now = performance.now();
+    if (line === last && now - printedAt < ACCEPT_LOG_REPEAT_MS) {
+      leftOut++;
+      return;
+    }
+    const repeats = line === last && leftOut > 0 ? ` (${leftOut} more since)` : "";
+    console.error(line + repeats);
+    last = line;
+    printedAt = now;
+    leftOut = 0;
+  };
 }
 
 // --- the command line ------------------------------------------------------------------

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { Cancelled, type Operation, read, Scheduler, TimeoutError } from "../mod.ts";
 import { echoHandler, type Handler, serve, tcpServer } from "../server.ts";
 import denoJson from "../deno.json" with { type: "json" };
+import { createTestScheduler } from "../testing.ts";
 import { decode, encode, readText } from "./_loopback.ts";
 import { runServer, startServer, within } from "./_server_process.ts";
 
@@ -600,6 +601,36 @@ Deno.test("tcpServer skips accept failures of single clients and retries others 
   conn.close();
   real.close();
   await running;
+});
+
+Deno.test("a lasting accept failure is retried with a doubling pause and logged once", async () => {
+  const { scheduler, clock } = createTestScheduler({ autojump: true });
+  const tries: number[] = [];
+  let closeListener!: () => void;
+  const listener = {
+    accept() {
+      tries.push(clock.now());
+      if (tries.length <= 8) return Promise.reject(new Error("Too many open files (os error 24)"));
+      return new Promise((_, reject) => {
+        closeListener = () => reject(new Deno.errors.BadResource("closed"));
+      });
+    },
+  } as unknown as Deno.Listener;
+  const logged: unknown[] = [];
+  const consoleError = console.error;
+  console.error = (...args: unknown[]) => logged.push(args.join(" "));
+  try {
+    scheduler.spawn(tcpServer(listener, echoHandler));
+    const running = scheduler.run();
+    while (tries.length <= 8) await new Promise((resolve) => setTimeout(resolve, 1));
+    closeListener();
+    await running;
+  } finally {
+    console.error = consoleError;
+  }
+  const pauses = tries.slice(1).map((at, i) => at - tries[i]);
+  assert.deepEqual(pauses, [100, 200, 400, 800, 1_600, 3_200, 5_000, 5_000]);
+  assert.deepEqual(logged, ["Accept failed: Error: Too many open files (os error 24)"]);
 });
 
 Deno.test("echoHandler does not read ahead while its reply is not written", async () => {
