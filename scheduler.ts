@@ -186,6 +186,9 @@ const REAL_CLOCK: Clock = {
 // A pass that leaves tasks ready (they yield to each other without blocking) runs again at
 // once; only after this long does the loop step aside so that I/O callbacks get a turn.
 const SLICE_MS = 10;
+// Tasks that only yield make passes of a step or two, each cheaper than a look at the
+// clock, so the loop looks at it once every this many steps.
+const CHECK_STEPS = 16;
 const NOTHING: unique symbol = Symbol("nothing");
 const BLOCKED = false;
 const CONTINUE = true;
@@ -197,11 +200,10 @@ interface Timer extends TimerEntry<TaskImpl>, Deadline {
   ms: number;
   readonly sleep: boolean;
   active: boolean;
-  // An idle deadline is checked every ms/8: when a wait of its task has completed since the
-  // last check (`touched`), `at` starts again from that check. So a completed wait costs
-  // one store, and a timeout fires at most ms/8 late, never early.
+  // An idle deadline starts again each time a wait of its task completes, which only
+  // notes the time on the task (`lastWait`): `at` and the heap entry catch up when the
+  // entry reaches the top of the heap.
   idle: boolean;
-  touched: boolean;
   outerIdle: Timer | null; // the idle deadline this one is nested in
 }
 
@@ -220,8 +222,12 @@ class TaskImpl<T = unknown> implements Task<T> {
   sleepTimer: Timer | null = null;
   spareTimer: Timer | null = null; // a cleared deadline still in the heap, ready for reuse
   idleTimer: Timer | null = null;
+  lastWait = -Infinity; // when its last wait completed, while an idle deadline is on
   waitSeq = 0;
   io: InFlight | null = null; // the Deno call it waits on when reading, writing or accepting
+  // Its read and write records, reused call after call (see InFlightRead).
+  readCall: InFlightRead | null = null;
+  writeCall: InFlightWrite | null = null;
   children: Set<TaskImpl> | null = null;
   joiners: TaskImpl[] | null = null;
   cancellers: TaskImpl[] | null = null;
@@ -262,20 +268,37 @@ class TaskImpl<T = unknown> implements Task<T> {
   }
 }
 
-interface InFlight {
-  task: TaskImpl | null; // null once its task stopped waiting: the result is nobody's yet
-  readonly promise: Promise<unknown>;
+// A conn's entries in the seed's recv_wait and send_wait.
+interface ConnWaiters {
+  reader: TaskImpl | null;
+  writer: TaskImpl | null;
 }
 
+interface InFlight {
+  task: TaskImpl | null; // null once its task stopped waiting: the result is nobody's yet
+  promise: Promise<unknown>;
+}
+
+// A task's read and write records are reused from one call to the next, their settle
+// callbacks bound once, so that the kernel allocates nothing of its own per read or write.
+// A record whose task stops waiting becomes a stray and is not reused.
 interface InFlightRead extends InFlight {
-  readonly buffer: Uint8Array; // where Deno writes: the first reader's buffer
+  conn: Deno.Conn;
+  waiters: ConnWaiters; // the conn's
+  buffer: Uint8Array; // where Deno writes: the first reader's buffer
   target: Uint8Array; // where the waiting task wants the bytes
+  readonly onValue: (n: number | null) => void;
+  readonly onError: (error: unknown) => void;
 }
 
 interface InFlightWrite extends InFlight {
-  readonly data: Uint8Array;
-  readonly written: number;
+  conn: Deno.Conn;
+  waiters: ConnWaiters; // the conn's
+  data: Uint8Array;
+  written: number;
   queued: { task: TaskImpl; data: Uint8Array } | null; // behind an abandoned write
+  readonly onValue: (n: number) => void;
+  readonly onError: (error: unknown) => void;
 }
 
 type InFlightAccept = InFlight;
@@ -317,8 +340,11 @@ type InFlightAccept = InFlight;
  */
 export class Scheduler {
   #ready = new Deque<TaskImpl>();
-  #readWaiting = new Map<Deno.Conn, TaskImpl>();
-  #writeWaiting = new Map<Deno.Conn, TaskImpl>();
+  // The seed's recv_wait / send_wait: who reads and who writes each conn, in one record per
+  // conn that lives as long as the conn. A read or a write costs one lookup and no insertion
+  // or deletion, which in a Map churned by every message cost more than the rest of the
+  // kernel's work for it. `readWaiting` / `writeWaiting` show them as maps.
+  #conns = new WeakMap<Deno.Conn, ConnWaiters>();
   #acceptWaiting = new Map<Deno.Listener, TaskImpl>();
   #sleeping = new Map<TaskImpl, number>();
   #timers = new TimerHeap<TaskImpl>();
@@ -343,7 +369,8 @@ export class Scheduler {
   #sliceTimer: ReturnType<typeof setTimeout> | null = null;
   #alarm: unknown = null;
   #alarmAt = Infinity;
-  #time = NaN; // the clock's reading during this turn of the loop
+  #timerAdded = false; // only a new timer can be due before the alarm: #arm looks then
+  #time = NaN; // the clock's reading for the microtasks now queued (see #now)
   #unreported: TaskImpl[] = [];
   #running: PromiseWithResolvers<void> | null = null;
 
@@ -362,14 +389,30 @@ export class Scheduler {
     return this.#ready.toArray();
   }
 
-  /** Tasks waiting for a read, by conn (the seed's `recv_wait`). */
+  /** Tasks waiting for a read, by conn (the seed's `recv_wait`; a snapshot). */
   get readWaiting(): ReadonlyMap<Deno.Conn, Task<unknown>> {
-    return this.#readWaiting;
+    return this.#waitingIn("reading");
   }
 
-  /** Tasks waiting for a write to finish, by conn (the seed's `send_wait`). */
+  /** Tasks waiting for a write to finish, by conn (the seed's `send_wait`; a snapshot). */
   get writeWaiting(): ReadonlyMap<Deno.Conn, Task<unknown>> {
-    return this.#writeWaiting;
+    return this.#waitingIn("writing");
+  }
+
+  // Built from the tasks' states: the kernel keeps each conn's reader and writer in the
+  // conn's own record (#conns), which a read or a write updates in place.
+  #waitingIn(state: TaskState): Map<Deno.Conn, Task<unknown>> {
+    const map = new Map<Deno.Conn, Task<unknown>>();
+    for (const task of this.#tasks) {
+      if (task.state === state) map.set(task.waitingOn as Deno.Conn, task);
+    }
+    return map;
+  }
+
+  #waiters(conn: Deno.Conn): ConnWaiters {
+    let waiters = this.#conns.get(conn);
+    if (waiters === undefined) this.#conns.set(conn, waiters = { reader: null, writer: null });
+    return waiters;
   }
 
   /** Tasks waiting for a connection, by listener. */
@@ -481,6 +524,7 @@ export class Scheduler {
     } finally {
       this.#looping = false;
       this.#endTurn();
+      this.#time = NaN; // the caller may move a virtual clock before the next step
     }
     return task;
   }
@@ -493,9 +537,13 @@ export class Scheduler {
     if (this.#sliceTimer !== null) clearTimeout(this.#sliceTimer);
     this.#sliceTimer = null;
     let sliceEnd = 0;
+    let unchecked = 0; // steps run since the clock was last read
     for (;;) {
-      for (let n = this.#ready.length; n > 0; n--) this.#step(this.#ready.shift()!);
+      const n = this.#ready.length;
+      for (let i = 0; i < n; i++) this.#step(this.#ready.shift()!);
       if (this.#ready.length === 0) break;
+      if ((unchecked += n) < CHECK_STEPS) continue;
+      unchecked = 0;
       const now = performance.now();
       if (sliceEnd === 0) sliceEnd = now + SLICE_MS;
       else if (now > sliceEnd) {
@@ -510,8 +558,7 @@ export class Scheduler {
   #endTurn(): void {
     if (this.#unreported.length > 0) this.#report();
     if (this.#tasks.size === 0) this.#stop();
-    else this.#arm();
-    this.#time = NaN;
+    else if (this.#timerAdded) this.#arm();
   }
 
   #wake(): void {
@@ -613,23 +660,42 @@ export class Scheduler {
 
   #resume(task: TaskImpl, value: unknown): void {
     task.value = value;
-    if (task.idleTimer !== null) this.#touchIdle(task);
-    this.#enqueue(task);
-    this.#wake();
+    if (task.idleTimer !== null) task.lastWait = this.#now();
+    if (this.#looping || this.#running === null || this.#ready.length > 0) {
+      this.#enqueue(task);
+      return this.#wake();
+    }
+    // The common case: one Deno call settled while no task is ready. Run its task at once
+    // rather than queue it and start the loop for a queue of one.
+    task.waitingOn = null;
+    this.#looping = true;
+    this.#step(task);
+    this.#looping = false;
+    if (this.#ready.length > 0) this.#loop();
+    else this.#endTurn();
   }
 
   #resumeThrow(task: TaskImpl, error: unknown): void {
     task.error = error;
-    if (task.idleTimer !== null) this.#touchIdle(task);
+    if (task.idleTimer !== null) task.lastWait = this.#now();
     this.#enqueue(task);
     this.#wake();
   }
 
-  // The clock, read at most once per pass of the loop, and only when a deadline needs it.
+  // The clock, read only when a sleep or a deadline needs it, and then kept until the
+  // microtasks queued by then have run: the I/O completions of one event-loop turn, each
+  // restarting or setting its task's deadline, share one reading instead of one each.
   #now(): number {
-    if (Number.isNaN(this.#time)) this.#time = this.#clock.now();
+    if (Number.isNaN(this.#time)) {
+      this.#time = this.#clock.now();
+      queueMicrotask(this.#forgetTime);
+    }
     return this.#time;
   }
+
+  #forgetTime = (): void => {
+    this.#time = NaN;
+  };
 
   // --- spawn, finish, join, cancel ----------------------------------------------------
 
@@ -687,11 +753,15 @@ export class Scheduler {
     task.waitingOn = null;
     this.#tasks.delete(task);
     const failed = task.state !== "done";
-    for (const joiner of task.joiners ?? []) {
-      if (failed) this.#resumeThrow(joiner, task.outcome);
-      else this.#resume(joiner, task.outcome);
+    if (task.joiners !== null) {
+      for (const joiner of task.joiners) {
+        if (failed) this.#resumeThrow(joiner, task.outcome);
+        else this.#resume(joiner, task.outcome);
+      }
     }
-    for (const canceller of task.cancellers ?? []) this.#resume(canceller, undefined);
+    if (task.cancellers !== null) {
+      for (const canceller of task.cancellers) this.#resume(canceller, undefined);
+    }
     task.joiners = task.cancellers = null;
     task.settleResult();
     if (task.state === "failed" && !task.observed) this.#unreported.push(task);
@@ -792,8 +862,9 @@ export class Scheduler {
   // --- read: readWaiting ----------------------------------------------------------------
 
   #read(task: TaskImpl, { conn, buffer }: ReadIntent): boolean {
-    const reader = this.#readWaiting.get(conn);
-    if (reader !== undefined) {
+    const waiters = this.#waiters(conn);
+    const reader = waiters.reader;
+    if (reader !== null) {
       throw new BusyError(
         `Cannot read: the conn is already being read by task "${reader.name}"`,
         conn,
@@ -812,28 +883,43 @@ export class Scheduler {
       op.task = task;
       op.target = buffer;
     } else {
+      op = task.readCall ??= this.#newReadCall();
+      op.task = task;
+      op.conn = conn;
+      op.waiters = waiters;
+      op.buffer = op.target = buffer;
       const promise = conn.read(buffer);
-      const fresh: InFlightRead = { task, promise, buffer, target: buffer };
-      promise.then(
-        (n) => this.#readDone(conn, fresh, n, null),
-        (error) => this.#readDone(conn, fresh, null, error),
-      );
-      op = fresh;
+      op.promise = promise;
+      promise.then(op.onValue, op.onError);
     }
     task.io = op;
-    this.#readWaiting.set(conn, task);
+    waiters.reader = task;
     return this.#block(task, "reading", conn);
   }
 
-  #readDone(conn: Deno.Conn, op: InFlightRead, n: number | null, error: unknown): void {
-    const task = op.task;
+  #newReadCall(): InFlightRead {
+    const op: InFlightRead = {
+      task: null,
+      promise: null!,
+      conn: null!,
+      waiters: null!,
+      buffer: null!,
+      target: null!,
+      onValue: (n) => this.#readDone(op, n, null),
+      onError: (error) => this.#readDone(op, null, error),
+    };
+    return op;
+  }
+
+  #readDone(op: InFlightRead, n: number | null, error: unknown): void {
+    const { task, conn } = op;
     if (task === null) {
       this.#strayReads.delete(conn);
       if (n !== null && n > 0) this.#keepUnread(conn, op.buffer.slice(0, n));
       return;
     }
     task.io = null;
-    this.#readWaiting.delete(conn);
+    op.waiters.reader = null;
     if (error !== null) return this.#resumeThrow(task, error);
     if (n !== null && op.target !== op.buffer) {
       this.#keepUnread(conn, op.buffer.slice(0, n));
@@ -844,7 +930,7 @@ export class Scheduler {
 
   #stopReading(task: TaskImpl): void {
     const conn = task.waitingOn as Deno.Conn;
-    this.#readWaiting.delete(conn);
+    this.#conns.get(conn)!.reader = null;
     this.#strayReads.set(conn, this.#abandon(task) as InFlightRead);
   }
 
@@ -874,14 +960,17 @@ export class Scheduler {
     const op = task.io!;
     op.task = null;
     task.io = null;
+    if (task.readCall === op) task.readCall = null;
+    if (task.writeCall === op) task.writeCall = null;
     return op;
   }
 
   // --- write: writeWaiting --------------------------------------------------------------
 
   #write(task: TaskImpl, { conn, data }: WriteIntent): boolean {
-    const writer = this.#writeWaiting.get(conn);
-    if (writer !== undefined) {
+    const waiters = this.#waiters(conn);
+    const writer = waiters.writer;
+    if (writer !== null) {
       throw new BusyError(
         `Cannot write: the conn is already being written by task "${writer.name}"`,
         conn,
@@ -894,49 +983,74 @@ export class Scheduler {
     // Bytes must not overtake an abandoned write that is still going out.
     const stray = this.#strayWrites.size > 0 ? this.#strayWrites.get(conn) : undefined;
     if (stray !== undefined) stray.queued = { task, data };
-    else this.#writeMore(conn, task, data, 0);
-    this.#writeWaiting.set(conn, task);
+    else this.#writeMore(conn, waiters, task, data, 0);
+    waiters.writer = task;
     return this.#block(task, "writing", conn);
   }
 
-  #writeMore(conn: Deno.Conn, task: TaskImpl, data: Uint8Array, written: number): void {
+  #writeMore(
+    conn: Deno.Conn,
+    waiters: ConnWaiters,
+    task: TaskImpl,
+    data: Uint8Array,
+    written: number,
+  ): void {
     let promise: Promise<number>;
     try {
       promise = conn.write(written === 0 ? data : data.subarray(written));
     } catch (error) {
       promise = Promise.reject(error);
     }
-    const op: InFlightWrite = { task, promise, data, written, queued: null };
+    const op = task.writeCall ??= this.#newWriteCall();
+    op.task = task;
+    op.conn = conn;
+    op.waiters = waiters;
+    op.promise = promise;
+    op.data = data;
+    op.written = written;
+    op.queued = null;
     task.io = op;
-    promise.then(
-      (n) => this.#writeDone(conn, op, n, null),
-      (error) => this.#writeDone(conn, op, 0, error),
-    );
+    promise.then(op.onValue, op.onError);
   }
 
-  #writeDone(conn: Deno.Conn, op: InFlightWrite, n: number, error: unknown): void {
-    const task = op.task;
+  #newWriteCall(): InFlightWrite {
+    const op: InFlightWrite = {
+      task: null,
+      promise: null!,
+      conn: null!,
+      waiters: null!,
+      data: null!,
+      written: 0,
+      queued: null,
+      onValue: (n) => this.#writeDone(op, n, null),
+      onError: (error) => this.#writeDone(op, 0, error),
+    };
+    return op;
+  }
+
+  #writeDone(op: InFlightWrite, n: number, error: unknown): void {
+    const { task, conn } = op;
     if (task === null) {
       this.#strayWrites.delete(conn);
       const queued = op.queued;
-      if (queued !== null && this.#writeWaiting.get(conn) === queued.task) {
-        this.#writeMore(conn, queued.task, queued.data, 0);
+      if (queued !== null && op.waiters.writer === queued.task) {
+        this.#writeMore(conn, op.waiters, queued.task, queued.data, 0);
       }
       return;
     }
     const written = op.written + n;
     if (error === null && written < op.data.length) {
-      return this.#writeMore(conn, task, op.data, written);
+      return this.#writeMore(conn, op.waiters, task, op.data, written);
     }
     task.io = null;
-    this.#writeWaiting.delete(conn);
+    op.waiters.writer = null;
     if (error !== null) this.#resumeThrow(task, error);
     else this.#resume(task, written);
   }
 
   #stopWriting(task: TaskImpl): void {
     const conn = task.waitingOn as Deno.Conn;
-    this.#writeWaiting.delete(conn);
+    this.#conns.get(conn)!.writer = null;
     // A writer queued behind a stray write has no call of its own yet.
     if (task.io !== null) this.#strayWrites.set(conn, this.#abandon(task) as InFlightWrite);
   }
@@ -1009,6 +1123,7 @@ export class Scheduler {
     if (ms <= 0) return this.#enqueue(task);
     const at = this.#now() + ms;
     if (ms !== Infinity) {
+      this.#timerAdded = true;
       task.sleepTimer = this.#timers.add({
         key: at,
         at,
@@ -1018,7 +1133,6 @@ export class Scheduler {
         sleep: true,
         active: true,
         idle: false,
-        touched: false,
         outerIdle: null,
       });
     }
@@ -1038,20 +1152,18 @@ export class Scheduler {
     }
     const now = this.#now();
     const at = now + ms;
-    const key = idle ? now + ms / 8 : at;
     let timer = task.spareTimer;
     // A handler timing every read and write re-arms one deadline per message: reusing the
     // cleared entry, which is due no later than the new deadline, makes that O(1).
-    if (timer !== null && timer.key <= key) {
+    if (timer !== null && timer.key <= at) {
       task.spareTimer = null;
       timer.at = at;
       timer.ms = ms;
       timer.active = true;
       timer.idle = idle;
-      timer.touched = false;
     } else {
       timer = {
-        key,
+        key: at,
         at,
         owner: task,
         index: -1,
@@ -1059,22 +1171,16 @@ export class Scheduler {
         sleep: false,
         active: true,
         idle,
-        touched: false,
         outerIdle: null,
       };
       this.#timers.add(timer);
+      this.#timerAdded = true;
     }
     if (idle) {
       timer.outerIdle = task.idleTimer;
       task.idleTimer = timer;
     }
     return timer;
-  }
-
-  #touchIdle(task: TaskImpl): void {
-    for (let timer = task.idleTimer; timer !== null; timer = timer.outerIdle) {
-      timer.touched = true;
-    }
   }
 
   #clearDeadline(task: TaskImpl, timer: Timer): void {
@@ -1108,6 +1214,7 @@ export class Scheduler {
 
   // One real timer, set for the earliest deadline whenever that moves earlier.
   #arm(): void {
+    this.#timerAdded = false;
     const next = this.#timers.peek();
     if (next === undefined || next.key >= this.#alarmAt) return;
     if (this.#alarm !== null) this.#clock.clearTimer(this.#alarm);
@@ -1119,20 +1226,15 @@ export class Scheduler {
   #ring = (): void => {
     this.#alarm = null;
     this.#alarmAt = Infinity;
+    this.#timerAdded = true;
     this.#time = NaN;
     const now = this.#now();
     this.#looping = true; // wake-ups below join the one loop that follows
     let timer: Timer | undefined;
     while ((timer = this.#timers.peek() as Timer | undefined) && timer.key <= now) {
-      if (timer.idle && timer.touched) {
-        timer.touched = false;
-        timer.at = now + timer.ms;
-      }
+      if (timer.idle) timer.at = Math.max(timer.at, timer.owner.lastWait + timer.ms);
       if (timer.active && timer.at > now) {
-        this.#timers.postpone(
-          timer,
-          timer.idle ? Math.min(timer.at, now + timer.ms / 8) : timer.at,
-        );
+        this.#timers.postpone(timer, timer.at);
         continue;
       }
       this.#timers.remove(timer);
