@@ -41,16 +41,13 @@ import {
   accept,
   cancel,
   type Deadline,
-  type DeadlineIntent,
   join,
   type Operation,
-  read,
   type ReadIntent,
   sleep,
   spawn,
   timeout,
   wait,
-  write,
 } from "./intents.ts";
 import { Scheduler, type Task } from "./scheduler.ts";
 
@@ -262,9 +259,9 @@ export interface Server extends AsyncDisposable {
  *
  * It does not read the next chunk before the reply to the last one is written, so a client
  * that sends without reading is held back by TCP instead of filling memory; the reply
- * buffer is allocated once per connection. Each read and each write waits at most
- * `idleTimeout` milliseconds, so a silent client, or one that never reads its replies,
- * gets a `TimeoutError`.
+ * buffer is allocated once per connection. A read or a write that waits longer than
+ * `idleTimeout` milliseconds ends the connection with a `TimeoutError`: so does a silent
+ * client, or one that never reads its replies.
  *
  * @param conn The client's connection; closed when the handler ends.
  * @param options The idle timeout and the read buffer size.
@@ -305,36 +302,24 @@ export function* echoHandler(
   const reply = new Uint8Array(GOT.length + bufferSize);
   reply.set(GOT);
   const buffer = reply.subarray(GOT.length);
+  // Every message takes this loop, so it yields its intents itself rather than through
+  // `read()`, `write()` and `idleTimeout()`, each of which is one more generator to resume
+  // per message: one idle deadline for the whole connection, restarted by the kernel each
+  // time a read or a write completes, costs next to nothing per message.
+  const readIntent: ReadIntent = { type: "read", conn, buffer };
+  const writeIntent = { type: "write" as const, conn, data: reply };
+  let deadline: Deadline | null = null;
   try {
-    if (idleTimeout === 0 || idleTimeout === Infinity) {
-      let n: number | null;
-      while ((n = yield* read(conn, buffer)) !== null) {
-        yield* write(conn, reply.subarray(0, GOT.length + n));
-      }
-      return;
+    if (idleTimeout > 0 && idleTimeout !== Infinity) {
+      deadline = (yield { type: "deadline", ms: idleTimeout, idle: true }) as Deadline;
     }
-    // `timeout(idleTimeout, read(conn, buffer))` and the same around the write, spelled out
-    // as the intents those helpers yield: this is every message's path, and skipping the
-    // helpers' generators halves what the deadlines cost.
-    const readIntent: ReadIntent = { type: "read", conn, buffer };
-    const deadlineIntent: DeadlineIntent = { type: "deadline", ms: idleTimeout };
-    for (;;) {
-      let deadline = (yield deadlineIntent) as Deadline;
-      let n: number | null;
-      try {
-        n = (yield readIntent) as number | null;
-      } finally {
-        yield { type: "clear-deadline", deadline };
-      }
-      if (n === null) return;
-      deadline = (yield deadlineIntent) as Deadline;
-      try {
-        yield { type: "write", conn, data: reply.subarray(0, GOT.length + n) };
-      } finally {
-        yield { type: "clear-deadline", deadline };
-      }
+    let n: number | null;
+    while ((n = (yield readIntent) as number | null) !== null) {
+      writeIntent.data = reply.subarray(0, GOT.length + n);
+      yield writeIntent;
     }
   } finally {
+    if (deadline !== null) yield { type: "clear-deadline", deadline };
     closeQuietly(conn);
   }
 }
