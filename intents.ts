@@ -469,9 +469,8 @@ export function* timeout<T>(ms: number, operation: Operation<T>): Operation<T> {
  * Runs `operation` in the current task with an idle limit: it fails with a `TimeoutError`
  * when any one of its waits (a read, a write, a sleep...) has not completed within `ms`.
  * The limit starts again each time a wait completes, at almost no cost per wait, which
- * suits a connection's idle timeout far better than a {@linkcode timeout} per read.
- * The price is precision: the limit is checked every `ms / 8`, so a stalled wait fails
- * between `ms` and `9/8 · ms` after the last wait completed (or the operation began).
+ * suits a connection's idle timeout far better than a {@linkcode timeout} per read: a
+ * stalled wait fails `ms` after the last wait completed (or the operation began).
  *
  * @typeParam T What the operation returns.
  * @param ms The longest a single wait may take, in milliseconds.
