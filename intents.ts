@@ -95,6 +95,8 @@ export interface SpawnIntent {
   readonly operation: Operation<unknown>;
   /** A name for logs and `tasks()`. */
   readonly name?: string;
+  /** Called when the task has settled. See {@linkcode SpawnOptions.onSettled}. */
+  readonly onSettled?: (task: Task<unknown>, error: unknown) => void;
 }
 
 /** Ask to wait for `task` to finish and receive its result. See {@linkcode join}. */
@@ -174,7 +176,32 @@ export type Intent =
   | DeadlineIntent
   | ClearDeadlineIntent;
 
-/** Options for {@linkcode spawn} and `Scheduler.spawn`. */
+/**
+ * Options for {@linkcode spawn} and `Scheduler.spawn`.
+ *
+ * @example A supervisor that counts its children's failures without joining them
+ * ```ts
+ * import { Scheduler, sleep, type SpawnOptions } from "@genio/genio";
+ * import assert from "node:assert/strict";
+ *
+ * function* worker(ms: number) {
+ *   yield* sleep(ms);
+ *   if (ms > 1) throw new Error(`gave up after ${ms} ms`);
+ * }
+ * const failures: string[] = [];
+ * const options: SpawnOptions = {
+ *   name: "worker",
+ *   onSettled(_task, error) {
+ *     if (error !== undefined) failures.push((error as Error).message);
+ *   },
+ * };
+ * const scheduler = new Scheduler(); // the failure is not reported: onSettled saw it
+ * scheduler.spawn(worker(1), options);
+ * scheduler.spawn(worker(2), options);
+ * await scheduler.run();
+ * assert.deepEqual(failures, ["gave up after 2 ms"]);
+ * ```
+ */
 export interface SpawnOptions {
   /**
    * A name for the task in logs and `tasks()`.
@@ -182,6 +209,17 @@ export interface SpawnOptions {
    * @default {`task-${id}`}
    */
   name?: string;
+  /**
+   * Called once the task has settled (it and its children have finished), before any task
+   * joining it runs: with the error it failed or was cancelled with, or `undefined` when it
+   * returned (`task.state` tells which). For a supervisor that keeps count of many children
+   * without a task to join each, like `tcpServer`. A failure passed here counts as observed:
+   * it is not reported to `onError`. It must not throw; an error it throws goes to
+   * `onError`.
+   *
+   * @default {none}
+   */
+  onSettled?: (task: Task<unknown>, error: unknown) => void;
 }
 
 /**
@@ -327,6 +365,7 @@ export function* spawn<T>(
     type: "spawn",
     operation,
     name: options.name,
+    onSettled: options.onSettled,
   }) as Task<T>;
 }
 

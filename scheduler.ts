@@ -230,6 +230,7 @@ class TaskImpl<T = unknown> implements Task<T> {
   writeCall: InFlightWrite | null = null;
   children: Set<TaskImpl> | null = null;
   joiners: TaskImpl[] | null = null;
+  onSettled: ((task: Task<unknown>, error: unknown) => void) | null = null;
   cancellers: TaskImpl[] | null = null;
   outcome: unknown = undefined;
   finalState: TaskState = "done";
@@ -454,7 +455,7 @@ export class Scheduler {
    * @returns The new task.
    */
   spawn<T>(operation: Operation<T>, options: SpawnOptions = {}): Task<T> {
-    const task = this.#spawn(operation, options.name, null);
+    const task = this.#spawn(operation, options, null);
     if (this.#running !== null) this.#wake();
     return task;
   }
@@ -608,7 +609,7 @@ export class Scheduler {
       }
       switch (intent.type) {
         case "spawn":
-          task.value = this.#spawn(intent.operation, intent.name, task);
+          task.value = this.#spawn(intent.operation, intent, task);
           return CONTINUE;
         case "deadline":
           task.value = this.#setDeadline(task, intent.ms, intent.idle === true);
@@ -701,7 +702,7 @@ export class Scheduler {
 
   #spawn<T>(
     operation: Operation<T>,
-    name: string | undefined,
+    { name, onSettled }: SpawnOptions,
     parent: TaskImpl | null,
   ): TaskImpl<T> {
     if (
@@ -712,7 +713,14 @@ export class Scheduler {
         "Cannot spawn: expected a generator object (call the generator function first)",
       );
     }
+    if (onSettled !== undefined && typeof onSettled !== "function") {
+      throw new TypeError("Cannot spawn: onSettled must be a function");
+    }
     const task = new TaskImpl<T>(this, this.#nextId++, operation, parent, name);
+    if (onSettled !== undefined) {
+      task.onSettled = onSettled;
+      task.observed = true;
+    }
     this.#tasks.add(task);
     if (parent !== null) (parent.children ??= new Set()).add(task);
     this.#ready.push(task);
@@ -753,6 +761,7 @@ export class Scheduler {
     task.waitingOn = null;
     this.#tasks.delete(task);
     const failed = task.state !== "done";
+    if (task.onSettled !== null) this.#callOnSettled(task, failed ? task.outcome : undefined);
     if (task.joiners !== null) {
       for (const joiner of task.joiners) {
         if (failed) this.#resumeThrow(joiner, task.outcome);
@@ -769,6 +778,16 @@ export class Scheduler {
     if (parent !== null) {
       parent.children!.delete(task);
       if (parent.finished && parent.children!.size === 0) this.#settle(parent);
+    }
+  }
+
+  #callOnSettled(task: TaskImpl, error: unknown): void {
+    const onSettled = task.onSettled!;
+    task.onSettled = null;
+    try {
+      onSettled(task, error);
+    } catch (thrown) {
+      this.#reportError(thrown, task);
     }
   }
 
@@ -862,7 +881,8 @@ export class Scheduler {
   // --- read: readWaiting ----------------------------------------------------------------
 
   #read(task: TaskImpl, { conn, buffer }: ReadIntent): boolean {
-    const waiters = this.#waiters(conn);
+    const last = task.readCall;
+    const waiters = last !== null && last.conn === conn ? last.waiters : this.#waiters(conn);
     const reader = waiters.reader;
     if (reader !== null) {
       throw new BusyError(
@@ -968,7 +988,8 @@ export class Scheduler {
   // --- write: writeWaiting --------------------------------------------------------------
 
   #write(task: TaskImpl, { conn, data }: WriteIntent): boolean {
-    const waiters = this.#waiters(conn);
+    const last = task.writeCall;
+    const waiters = last !== null && last.conn === conn ? last.waiters : this.#waiters(conn);
     const writer = waiters.writer;
     if (writer !== null) {
       throw new BusyError(
@@ -1251,12 +1272,15 @@ export class Scheduler {
     const unreported = this.#unreported;
     this.#unreported = [];
     for (const task of unreported) {
-      if (task.observed) continue;
-      try {
-        this.#onError(task.outcome, task);
-      } catch (error) {
-        console.error("genio: onError threw:", error);
-      }
+      if (!task.observed) this.#reportError(task.outcome, task);
+    }
+  }
+
+  #reportError(error: unknown, task: TaskImpl): void {
+    try {
+      this.#onError(error, task);
+    } catch (thrown) {
+      console.error("genio: onError threw:", thrown);
     }
   }
 

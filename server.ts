@@ -326,8 +326,9 @@ export function* echoHandler(
 
 /**
  * The seed's `tcp_server`: accepts connections on `listener` and runs `handler` for each
- * in a child task of its own. The child closes the conn when the handler ends, and a
- * failure (reset by peer, broken pipe, a handler that throws) ends that connection only.
+ * in a child task of its own, named `conn <address>`. The conn is closed when the handler
+ * ends, and a failure (reset by peer, broken pipe, a handler that throws) ends that
+ * connection only.
  *
  * Accept failures that belong to one client (it reset before it was accepted) are skipped;
  * only the listener's closing ends the loop. The operation then waits for its open
@@ -401,35 +402,26 @@ export function* tcpServer(
     retryMs = ACCEPT_RETRY_MS;
     open++;
     const remoteAddr = conn.remoteAddr as Deno.NetAddr;
-    yield* spawn(
-      connection(conn, remoteAddr, handler, handlerOptions, onConnect, onDisconnect, ended),
-      { name: `conn ${formatAddress(remoteAddr)}` },
-    );
+    // The handler runs as the connection's task itself, not inside a wrapper that would
+    // resume it through `yield*` on every message: its end is seen by `onSettled`.
+    const disconnected = (_task: unknown, error: unknown): void => {
+      closeQuietly(conn);
+      ended();
+      onDisconnect(remoteAddr, error);
+    };
+    try {
+      onConnect?.(remoteAddr);
+      yield* spawn(handler(conn, handlerOptions), {
+        name: `conn ${formatAddress(remoteAddr)}`,
+        onSettled: disconnected,
+      });
+    } catch (error) {
+      // onConnect threw, or the handler did not give a generator: this connection only.
+      if (error instanceof Cancelled) throw error;
+      disconnected(null, error);
+    }
   }
   while (open > 0) yield* wait(nextEnd());
-}
-
-function* connection(
-  conn: Deno.Conn,
-  remoteAddr: Deno.NetAddr,
-  handler: Handler,
-  options: HandlerOptions,
-  onConnect: ((remoteAddr: Deno.NetAddr) => void) | undefined,
-  onDisconnect: (remoteAddr: Deno.NetAddr, error: unknown) => void,
-  ended: () => void,
-): Operation<void> {
-  let failure: unknown = undefined;
-  try {
-    onConnect?.(remoteAddr);
-    yield* handler(conn, options);
-  } catch (error) {
-    failure = error;
-    if (error instanceof Cancelled) throw error;
-  } finally {
-    closeQuietly(conn);
-    ended();
-    onDisconnect(remoteAddr, failure);
-  }
 }
 
 /**

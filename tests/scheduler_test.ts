@@ -608,6 +608,80 @@ Deno.test("cancelling a parent cancels its whole tree before cancel() returns", 
   assert.equal(root.state, "cancelled");
 });
 
+Deno.test("onSettled sees each outcome once, after the children, before joiners; failures count as observed", async () => {
+  const reported: unknown[] = [];
+  const { scheduler } = createTestScheduler({
+    autojump: true,
+    onError: (error) => reported.push(error),
+  });
+  const log: string[] = [];
+  const onSettled = (task: Task<unknown>, error: unknown) =>
+    log.push(`${task.name} ${task.state}: ${error instanceof Error ? error.message : error}`);
+  function* child(): Operation<void> {
+    try {
+      yield* sleep(60_000);
+    } finally {
+      log.push("child cleaned up");
+    }
+  }
+  const returns = scheduler.spawn(
+    function* () {
+      yield* spawn(child());
+      yield* sleep(10);
+      return "value";
+    }(),
+    { name: "returns", onSettled },
+  );
+  const fails = scheduler.spawn(
+    function* () {
+      yield* sleep(20);
+      throw new Error("boom");
+    }(),
+    { name: "fails", onSettled },
+  );
+  const sleeper = scheduler.spawn(sleep(60_000), { name: "sleeper", onSettled });
+  scheduler.spawn(
+    function* () {
+      const value = yield* join(returns);
+      log.push(`joined: ${value}`);
+      yield* sleep(50);
+      yield* cancel(sleeper);
+      log.push("cancel returned");
+    }(),
+    { name: "main" },
+  );
+  await scheduler.run();
+  assert.deepEqual(log, [
+    "child cleaned up",
+    "returns done: undefined",
+    "joined: value",
+    "fails failed: boom",
+    'sleeper cancelled: Task "sleeper" was cancelled',
+    "cancel returned",
+  ]);
+  assert.deepEqual(reported, []); // the failure went to onSettled, not onError
+  assert.equal(fails.state, "failed");
+});
+
+Deno.test("an onSettled that throws is reported to onError; one that is not a function is refused", async () => {
+  const { scheduler, reported } = quietScheduler();
+  scheduler.spawn(sleep(1), {
+    onSettled() {
+      throw new Error("onSettled bug");
+    },
+  });
+  const after = scheduler.spawn(sleep(2));
+  await scheduler.run();
+  assert.equal(reported.length, 1);
+  assert.equal((reported[0] as Error).message, "onSettled bug");
+  assert.equal(after.state, "done");
+  assert.throws(
+    () => scheduler.spawn(sleep(1), { onSettled: "log" as unknown as () => void }),
+    { name: "TypeError", message: "Cannot spawn: onSettled must be a function" },
+  );
+  assert.deepEqual(scheduler.tasks(), []);
+});
+
 // --- time ------------------------------------------------------------------------------------
 
 // On the testing kit's virtual clock, so that every time below is exact.

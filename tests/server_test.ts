@@ -520,6 +520,56 @@ Deno.test("a handler that throws ends its own connection only, with the error re
   await server.shutdown();
 });
 
+Deno.test("an onConnect that throws, or a handler that gives no generator, ends that connection only", async () => {
+  const failures: string[] = [];
+  let connects = 0;
+  const server = serve({
+    hostname: HOST,
+    port: 0,
+    onListen() {},
+    onConnect() {
+      if (++connects === 2) throw new Error("onConnect bug");
+    },
+    handler: (conn, options) =>
+      connects === 3 ? (null as unknown as Operation<void>) : echoHandler(conn, options),
+    onDisconnect: (_, error) => failures.push(error === undefined ? "clean" : String(error)),
+  });
+  using steady = await connect(server.addr.port);
+  assert.equal(await echo(steady, "one"), "GOT:one");
+  using second = await connect(server.addr.port);
+  assert.equal(await readToEnd(second), "");
+  using third = await connect(server.addr.port);
+  assert.equal(await readToEnd(third), "");
+  assert.deepEqual(failures, [
+    "Error: onConnect bug",
+    "TypeError: Cannot spawn: expected a generator object (call the generator function first)",
+  ]);
+  assert.equal(await echo(steady, "still echoing"), "GOT:still echoing");
+  assert.equal(server.connections, 1);
+  steady.close();
+  await server.shutdown();
+});
+
+Deno.test("each connection is one task, named after the peer, running the handler itself", async () => {
+  const listener = Deno.listen({ hostname: HOST, port: 0 });
+  const scheduler = new Scheduler();
+  scheduler.spawn(tcpServer(listener, echoHandler), { name: "server" });
+  const running = scheduler.run();
+  using conn = await connect(listener.addr.port);
+  assert.equal(await echo(conn, "hi"), "GOT:hi");
+  const { port } = conn.localAddr as Deno.NetAddr;
+  const [server, connection, ...rest] = scheduler.tasks();
+  assert.deepEqual(rest, []);
+  assert.equal(server.name, "server");
+  assert.equal(connection.name, `conn 127.0.0.1:${port}`);
+  assert.equal(connection.parent, server.id);
+  assert.equal(connection.state, "reading"); // echoHandler's read, with no task around it
+  assert.deepEqual([...scheduler.readWaiting.values()].map((task) => task.id), [connection.id]);
+  listener.close();
+  conn.close();
+  await running;
+});
+
 Deno.test("tcpServer closes the conn even when the handler forgets to", async () => {
   const server = serve({
     hostname: HOST,
