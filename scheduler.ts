@@ -225,9 +225,8 @@ class TaskImpl<T = unknown> implements Task<T> {
   lastWait = -Infinity; // when its last wait completed, while an idle deadline is on
   waitSeq = 0;
   io: InFlight | null = null; // the Deno call it waits on when reading, writing or accepting
-  // Its read and write records, reused call after call (see InFlightRead).
-  readCall: InFlightRead | null = null;
-  writeCall: InFlightWrite | null = null;
+  // Its record of a read or a write, reused call after call (see ConnCall).
+  connCall: ConnCall | null = null;
   children: Set<TaskImpl> | null = null;
   joiners: TaskImpl[] | null = null;
   onSettled: ((task: Task<unknown>, error: unknown) => void) | null = null;
@@ -280,25 +279,23 @@ interface InFlight {
   promise: Promise<unknown>;
 }
 
-// A task's read and write records are reused from one call to the next, their settle
-// callbacks bound once, so that the kernel allocates nothing of its own per read or write.
-// A record whose task stops waiting becomes a stray and is not reused.
-interface InFlightRead extends InFlight {
+// A read or a write in flight. A task waits on one at a time, so it keeps one record for
+// both and reuses it from one call to the next, its settle callbacks bound once: the
+// kernel allocates nothing of its own per read or write, and a handler that alternates
+// reads and writes touches one record, not two. A record whose task stops waiting becomes
+// a stray and is not reused.
+interface ConnCall extends InFlight {
+  reading: boolean;
   conn: Deno.Conn;
   waiters: ConnWaiters; // the conn's
+  // A read's:
   buffer: Uint8Array; // where Deno writes: the first reader's buffer
   target: Uint8Array; // where the waiting task wants the bytes
-  readonly onValue: (n: number | null) => void;
-  readonly onError: (error: unknown) => void;
-}
-
-interface InFlightWrite extends InFlight {
-  conn: Deno.Conn;
-  waiters: ConnWaiters; // the conn's
+  // A write's:
   data: Uint8Array;
   written: number;
   queued: { task: TaskImpl; data: Uint8Array } | null; // behind an abandoned write
-  readonly onValue: (n: number) => void;
+  readonly onValue: (n: number | null) => void;
   readonly onError: (error: unknown) => void;
 }
 
@@ -353,8 +350,8 @@ export class Scheduler {
 
   // Stray calls: Deno calls whose task stopped waiting (Deno cannot un-issue them), kept for
   // the next taker of the same conn or listener, and results that arrived for nobody.
-  #strayReads = new Map<Deno.Conn, InFlightRead>();
-  #strayWrites = new Map<Deno.Conn, InFlightWrite>();
+  #strayReads = new Map<Deno.Conn, ConnCall>();
+  #strayWrites = new Map<Deno.Conn, ConnCall>();
   #strayAccepts = new Map<Deno.Listener, InFlightAccept>();
   // Weak, because the conn's owner may close it and never read again: the bytes go with it.
   // The count only keeps the lookup off the hot path while nothing is unread.
@@ -607,7 +604,13 @@ export class Scheduler {
         if (this.#interrupt(task)) return CONTINUE;
         return this.#enqueue(task);
       }
+      // Every intent that may block delivers a pending cancel or timeout first. Reads and
+      // writes come first: they are nearly every intent a server's tasks yield.
       switch (intent.type) {
+        case "read":
+          return this.#interrupt(task) || this.#read(task, intent);
+        case "write":
+          return this.#interrupt(task) || this.#write(task, intent);
         case "spawn":
           task.value = this.#spawn(intent.operation, intent, task);
           return CONTINUE;
@@ -618,13 +621,8 @@ export class Scheduler {
           this.#clearDeadline(task, intent.deadline as Timer);
           return CONTINUE;
       }
-      // Every other intent may block, so a pending cancel or timeout is delivered here.
       if (this.#interrupt(task)) return CONTINUE;
       switch (intent.type) {
-        case "read":
-          return this.#read(task, intent);
-        case "write":
-          return this.#write(task, intent);
         case "accept":
           return this.#accept(task, intent);
         case "sleep":
@@ -881,8 +879,7 @@ export class Scheduler {
   // --- read: readWaiting ----------------------------------------------------------------
 
   #read(task: TaskImpl, { conn, buffer }: ReadIntent): boolean {
-    const last = task.readCall;
-    const waiters = last !== null && last.conn === conn ? last.waiters : this.#waiters(conn);
+    const waiters = this.#waitersFor(task, conn);
     const reader = waiters.reader;
     if (reader !== null) {
       throw new BusyError(
@@ -903,7 +900,8 @@ export class Scheduler {
       op.task = task;
       op.target = buffer;
     } else {
-      op = task.readCall ??= this.#newReadCall();
+      op = task.connCall ??= this.#newConnCall();
+      op.reading = true;
       op.task = task;
       op.conn = conn;
       op.waiters = waiters;
@@ -917,21 +915,32 @@ export class Scheduler {
     return this.#block(task, "reading", conn);
   }
 
-  #newReadCall(): InFlightRead {
-    const op: InFlightRead = {
+  #newConnCall(): ConnCall {
+    const op: ConnCall = {
       task: null,
       promise: null!,
+      reading: true,
       conn: null!,
       waiters: null!,
       buffer: null!,
       target: null!,
-      onValue: (n) => this.#readDone(op, n, null),
-      onError: (error) => this.#readDone(op, null, error),
+      data: null!,
+      written: 0,
+      queued: null,
+      onValue: (n) => op.reading ? this.#readDone(op, n, null) : this.#writeDone(op, n!, null),
+      onError: (error) =>
+        op.reading ? this.#readDone(op, null, error) : this.#writeDone(op, 0, error),
     };
     return op;
   }
 
-  #readDone(op: InFlightRead, n: number | null, error: unknown): void {
+  // The conn's record, without a lookup when the task's last call was on the same conn.
+  #waitersFor(task: TaskImpl, conn: Deno.Conn): ConnWaiters {
+    const last = task.connCall;
+    return last !== null && last.conn === conn ? last.waiters : this.#waiters(conn);
+  }
+
+  #readDone(op: ConnCall, n: number | null, error: unknown): void {
     const { task, conn } = op;
     if (task === null) {
       this.#strayReads.delete(conn);
@@ -951,7 +960,7 @@ export class Scheduler {
   #stopReading(task: TaskImpl): void {
     const conn = task.waitingOn as Deno.Conn;
     this.#conns.get(conn)!.reader = null;
-    this.#strayReads.set(conn, this.#abandon(task) as InFlightRead);
+    this.#strayReads.set(conn, this.#abandon(task) as ConnCall);
   }
 
   #keepUnread(conn: Deno.Conn, bytes: Uint8Array): void {
@@ -980,16 +989,14 @@ export class Scheduler {
     const op = task.io!;
     op.task = null;
     task.io = null;
-    if (task.readCall === op) task.readCall = null;
-    if (task.writeCall === op) task.writeCall = null;
+    if (task.connCall === op) task.connCall = null;
     return op;
   }
 
   // --- write: writeWaiting --------------------------------------------------------------
 
   #write(task: TaskImpl, { conn, data }: WriteIntent): boolean {
-    const last = task.writeCall;
-    const waiters = last !== null && last.conn === conn ? last.waiters : this.#waiters(conn);
+    const waiters = this.#waitersFor(task, conn);
     const writer = waiters.writer;
     if (writer !== null) {
       throw new BusyError(
@@ -1022,7 +1029,8 @@ export class Scheduler {
     } catch (error) {
       promise = Promise.reject(error);
     }
-    const op = task.writeCall ??= this.#newWriteCall();
+    const op = task.connCall ??= this.#newConnCall();
+    op.reading = false;
     op.task = task;
     op.conn = conn;
     op.waiters = waiters;
@@ -1034,22 +1042,7 @@ export class Scheduler {
     promise.then(op.onValue, op.onError);
   }
 
-  #newWriteCall(): InFlightWrite {
-    const op: InFlightWrite = {
-      task: null,
-      promise: null!,
-      conn: null!,
-      waiters: null!,
-      data: null!,
-      written: 0,
-      queued: null,
-      onValue: (n) => this.#writeDone(op, n, null),
-      onError: (error) => this.#writeDone(op, 0, error),
-    };
-    return op;
-  }
-
-  #writeDone(op: InFlightWrite, n: number, error: unknown): void {
+  #writeDone(op: ConnCall, n: number, error: unknown): void {
     const { task, conn } = op;
     if (task === null) {
       this.#strayWrites.delete(conn);
@@ -1073,7 +1066,7 @@ export class Scheduler {
     const conn = task.waitingOn as Deno.Conn;
     this.#conns.get(conn)!.writer = null;
     // A writer queued behind a stray write has no call of its own yet.
-    if (task.io !== null) this.#strayWrites.set(conn, this.#abandon(task) as InFlightWrite);
+    if (task.io !== null) this.#strayWrites.set(conn, this.#abandon(task) as ConnCall);
   }
 
   // --- accept: acceptWaiting ------------------------------------------------------------
