@@ -15,12 +15,12 @@
  * deno task bench                        # everything, about 5 minutes
  * deno task bench --quick                # one short repetition of each, a smoke test
  * deno task bench --profiles pp100,bulk10 --reps 7 --no-micro
- * deno task bench --genio-args "--idle-timeout 0"
+ * deno task bench --genio-args="--idle-timeout 0"
  * ```
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { parseArgs, type ParseArgsConfig } from "node:util";
 
 /** One load profile, as the load client runs it. */
 interface Profile {
@@ -70,7 +70,7 @@ const STARTUP_TIMEOUT_MS = 30_000;
 // A repetition disturbed by more than this much outside work (% of a CPU) is run again.
 const NOISE_LIMIT = 20;
 
-const { values: flags } = parseArgs({
+const { values: flags } = parseFlags({
   args: Deno.args,
   options: {
     profiles: { type: "string", default: "pp1,pp100,pp1000,bulk10,idle" },
@@ -89,6 +89,34 @@ const { values: flags } = parseArgs({
     quick: { type: "boolean", default: false },
   },
 });
+
+// A bad flag is the operator's mistake: one line and status 2, not a stack trace.
+function parseFlags<T extends ParseArgsConfig>(config: T): ReturnType<typeof parseArgs<T>> {
+  try {
+    return parseArgs(config);
+  } catch (error) {
+    console.error(`bench: ${(error as Error).message.split("\n")[0]}`);
+    Deno.exit(2);
+  }
+}
+for (
+  const name of [
+    "reps",
+    "idle-reps",
+    "idle-conns",
+    "warmup",
+    "duration",
+    "slice",
+    "hold",
+    "retries",
+    "budget",
+  ] as const
+) {
+  if (!(Number(flags[name]) >= 0)) {
+    console.error(`bench: --${name} must be a number >= 0, got "${flags[name]}"`);
+    Deno.exit(2);
+  }
+}
 const quick = flags.quick;
 const reps = quick ? 1 : Number(flags.reps);
 const idleReps = quick ? 1 : Number(flags["idle-reps"]);

@@ -16,7 +16,7 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { parseArgs, type ParseArgsConfig } from "node:util";
 import { startServer } from "../tests/_server_process.ts";
 import {
   childRunning,
@@ -35,7 +35,7 @@ import {
   within,
 } from "../tests/_clients.ts";
 
-const { values: flags } = parseArgs({
+const { values: flags } = parseFlags({
   args: Deno.args,
   options: {
     minutes: { type: "string", default: "1" },
@@ -45,6 +45,22 @@ const { values: flags } = parseArgs({
     seed: { type: "string", default: "7" },
   },
 });
+
+// A bad flag is the operator's mistake: one line and status 2, not a stack trace.
+function parseFlags<T extends ParseArgsConfig>(config: T): ReturnType<typeof parseArgs<T>> {
+  try {
+    return parseArgs(config);
+  } catch (error) {
+    console.error(`soak: ${(error as Error).message.split("\n")[0]}`);
+    Deno.exit(2);
+  }
+}
+for (const name of ["minutes", "interval", "lanes", "idle-timeout", "seed"] as const) {
+  if (flags[name] !== undefined && !(Number(flags[name]) >= 0)) {
+    console.error(`soak: --${name} must be a number >= 0, got "${flags[name]}"`);
+    Deno.exit(2);
+  }
+}
 const minutes = Number(flags.minutes);
 const intervalS = Number(flags.interval ?? (minutes >= 5 ? 30 : 10));
 const laneCount = Number(flags.lanes);
