@@ -12,7 +12,7 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { runEchoServer } from "./_echo_cli.ts";
 
 const PREFIX: Uint8Array = new TextEncoder().encode("GOT:");
 
@@ -37,18 +37,4 @@ async function echo(conn: Deno.Conn, bufferSize: number, quiet: boolean): Promis
   }
 }
 
-if (import.meta.main) {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      port: { type: "string", default: "8000" },
-      hostname: { type: "string", default: "127.0.0.1" },
-      "buffer-size": { type: "string", default: "16384" },
-      quiet: { type: "boolean", default: false },
-    },
-  });
-  const bufferSize = Number(values["buffer-size"]);
-  const listener = Deno.listen({ hostname: values.hostname, port: Number(values.port) });
-  console.log(`Listening on ${values.hostname}:${listener.addr.port}`);
-  for await (const conn of listener) echo(conn, bufferSize, values.quiet);
-}
+if (import.meta.main) await runEchoServer(echo);

@@ -16,6 +16,8 @@
  * deno task bench --quick                # one short repetition of each, a smoke test
  * deno task bench --profiles pp100,bulk10 --reps 7 --no-micro
  * deno task bench --genio-args="--idle-timeout 0"
+ * deno task bench --genio bench/trampoline_echo.ts --no-micro # the scheduler-free yardstick
+ * deno task bench --baseline old/server.ts --no-micro         # one genio against another
  * ```
  *
  * @module
@@ -82,6 +84,7 @@ const { values: flags } = parseFlags({
     slice: { type: "string", default: "250" },
     hold: { type: "string", default: "2" },
     genio: { type: "string", default: "server.ts" },
+    baseline: { type: "string", default: "bench/raw_echo.ts" },
     "genio-args": { type: "string", default: "" },
     retries: { type: "string", default: "2" },
     budget: { type: "string", default: "480" },
@@ -135,7 +138,7 @@ const PROFILES: readonly Profile[] = [
   { name: "idle", mode: "idle", conns: idleConns, size: 64, target: 1.2 },
 ];
 
-const RAW: Server = { name: "raw", path: "bench/raw_echo.ts", args: [] };
+const RAW: Server = { name: "raw", path: flags.baseline, args: [] };
 const GENIO: Server = {
   name: "genio",
   path: flags.genio,
