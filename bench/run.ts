@@ -22,7 +22,7 @@
  *
  * @module
  */
-import { parseArgs, type ParseArgsConfig } from "node:util";
+import { parseFlags } from "./_flags.ts";
 
 /** One load profile, as the load client runs it. */
 interface Profile {
@@ -72,7 +72,7 @@ const STARTUP_TIMEOUT_MS = 30_000;
 // A repetition disturbed by more than this much outside work (% of a CPU) is run again.
 const NOISE_LIMIT = 20;
 
-const { values: flags } = parseFlags({
+const { values: flags } = parseFlags("bench", {
   args: Deno.args,
   options: {
     profiles: { type: "string", default: "pp1,pp100,pp1000,bulk10,idle" },
@@ -91,35 +91,18 @@ const { values: flags } = parseFlags({
     "no-micro": { type: "boolean", default: false },
     quick: { type: "boolean", default: false },
   },
-});
+}, [
+  "reps",
+  "idle-reps",
+  "idle-conns",
+  "warmup",
+  "duration",
+  "slice",
+  "hold",
+  "retries",
+  "budget",
+]);
 
-// A bad flag is the operator's mistake: one line and status 2, not a stack trace.
-function parseFlags<T extends ParseArgsConfig>(config: T): ReturnType<typeof parseArgs<T>> {
-  try {
-    return parseArgs(config);
-  } catch (error) {
-    console.error(`bench: ${(error as Error).message.split("\n")[0]}`);
-    Deno.exit(2);
-  }
-}
-for (
-  const name of [
-    "reps",
-    "idle-reps",
-    "idle-conns",
-    "warmup",
-    "duration",
-    "slice",
-    "hold",
-    "retries",
-    "budget",
-  ] as const
-) {
-  if (!(Number(flags[name]) >= 0)) {
-    console.error(`bench: --${name} must be a number >= 0, got "${flags[name]}"`);
-    Deno.exit(2);
-  }
-}
 const quick = flags.quick;
 const reps = quick ? 1 : Number(flags.reps);
 const idleReps = quick ? 1 : Number(flags["idle-reps"]);

@@ -16,7 +16,7 @@
  *
  * @module
  */
-import { parseArgs, type ParseArgsConfig } from "node:util";
+import { parseFlags } from "./_flags.ts";
 import { startServer } from "../tests/_server_process.ts";
 import {
   childRunning,
@@ -35,7 +35,7 @@ import {
   within,
 } from "../tests/_clients.ts";
 
-const { values: flags } = parseFlags({
+const { values: flags } = parseFlags("soak", {
   args: Deno.args,
   options: {
     minutes: { type: "string", default: "1" },
@@ -44,23 +44,8 @@ const { values: flags } = parseFlags({
     "idle-timeout": { type: "string", default: "2" },
     seed: { type: "string", default: "7" },
   },
-});
+}, ["minutes", "interval", "lanes", "idle-timeout", "seed"]);
 
-// A bad flag is the operator's mistake: one line and status 2, not a stack trace.
-function parseFlags<T extends ParseArgsConfig>(config: T): ReturnType<typeof parseArgs<T>> {
-  try {
-    return parseArgs(config);
-  } catch (error) {
-    console.error(`soak: ${(error as Error).message.split("\n")[0]}`);
-    Deno.exit(2);
-  }
-}
-for (const name of ["minutes", "interval", "lanes", "idle-timeout", "seed"] as const) {
-  if (flags[name] !== undefined && !(Number(flags[name]) >= 0)) {
-    console.error(`soak: --${name} must be a number >= 0, got "${flags[name]}"`);
-    Deno.exit(2);
-  }
-}
 const minutes = Number(flags.minutes);
 const intervalS = Number(flags.interval ?? (minutes >= 5 ? 30 : 10));
 const laneCount = Number(flags.lanes);
@@ -68,7 +53,7 @@ const idleS = Number(flags["idle-timeout"]);
 const seed = Number(flags.seed);
 for (const [name, value] of [["minutes", minutes], ["interval", intervalS], ["lanes", laneCount]]) {
   if (!(Number(value) > 0)) {
-    console.error(`error: --${name} must be a positive number`);
+    console.error(`soak: --${name} must be a positive number`);
     Deno.exit(2);
   }
 }
