@@ -76,7 +76,7 @@ const { values: flags } = parseFlags("bench", {
   args: Deno.args,
   options: {
     profiles: { type: "string", default: "pp1,pp100,pp1000,bulk10,idle" },
-    reps: { type: "string", default: "5" },
+    reps: { type: "string", default: "7" },
     "idle-reps": { type: "string", default: "3" },
     "idle-conns": { type: "string", default: "10000" },
     warmup: { type: "string", default: "1" },
