@@ -12,7 +12,7 @@
  * CPU 0 and the client on CPU 1 (for one connection, all on CPU 0).
  *
  * ```sh
- * deno task bench                        # everything, about 5 minutes
+ * deno task bench                        # everything, about 4 minutes
  * deno task bench --quick                # one short repetition of each, a smoke test
  * deno task bench --profiles pp100,bulk10 --reps 7 --no-micro
  * deno task bench --genio-args="--idle-timeout 0"
