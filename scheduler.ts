@@ -339,9 +339,10 @@ type InFlightAccept = InFlight;
 export class Scheduler {
   #ready = new Deque<TaskImpl>();
   // The seed's recv_wait / send_wait: who reads and who writes each conn, in one record per
-  // conn that lives as long as the conn. A read or a write costs one lookup and no insertion
-  // or deletion, which in a Map churned by every message cost more than the rest of the
-  // kernel's work for it. `readWaiting` / `writeWaiting` show them as maps.
+  // conn that lives as long as the conn. A read or a write costs at most one lookup (none
+  // when the task's last call was on the same conn) and no insertion or deletion, which in a
+  // Map churned by every message cost more than the rest of the kernel's work for it.
+  // `readWaiting` / `writeWaiting` show them as maps.
   #conns = new WeakMap<Deno.Conn, ConnWaiters>();
   #acceptWaiting = new Map<Deno.Listener, TaskImpl>();
   #sleeping = new Map<TaskImpl, number>();
