@@ -1,5 +1,5 @@
 // A binary min-heap of timers keyed by `key`, that knows each entry's position so that an
-// entry can leave, or move later, in O(log n).
+// entry can leave, or move, in O(log n).
 export interface TimerEntry<T> {
   key: number;
   readonly owner: T;
@@ -46,6 +46,12 @@ export class TimerHeap<T> {
   postpone(entry: TimerEntry<T>, key: number): void {
     entry.key = key;
     this.#down(entry.index);
+  }
+
+  // Moves an entry to an earlier key: it can only rise.
+  hasten(entry: TimerEntry<T>, key: number): void {
+    entry.key = key;
+    this.#up(entry.index);
   }
 
   clear(): void {

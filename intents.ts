@@ -509,7 +509,9 @@ export function* timeout<T>(ms: number, operation: Operation<T>): Operation<T> {
  * when any one of its waits (a read, a write, a sleep...) has not completed within `ms`.
  * The limit starts again each time a wait completes, at almost no cost per wait, which
  * suits a connection's idle timeout far better than a {@linkcode timeout} per read: a
- * stalled wait fails `ms` after the last wait completed (or the operation began).
+ * stalled wait fails no earlier than `ms` after the last wait completed (or the operation
+ * began), and at most `ms / 16` later. The kernel does not read the clock for each
+ * completed wait; it looks at the task every sixteenth of the limit instead.
  *
  * @typeParam T What the operation returns.
  * @param ms The longest a single wait may take, in milliseconds.

@@ -189,6 +189,9 @@ const SLICE_MS = 10;
 // Tasks that only yield make passes of a step or two, each cheaper than a look at the
 // clock, so the loop looks at it once every this many steps.
 const CHECK_STEPS = 16;
+// How often an idle deadline looks at its task while waits keep completing: every this
+// many-th of its limit, which is how late it may fire.
+const IDLE_LOOKS = 16;
 const NOTHING: unique symbol = Symbol("nothing");
 const BLOCKED = false;
 const CONTINUE = true;
@@ -200,10 +203,16 @@ interface Timer extends TimerEntry<TaskImpl>, Deadline {
   ms: number;
   readonly sleep: boolean;
   active: boolean;
-  // An idle deadline starts again each time a wait of its task completes, which only
-  // notes the time on the task (`lastWait`): `at` and the heap entry catch up when the
-  // entry reaches the top of the heap.
+  // An idle deadline starts again each time a wait of its task completes. Reading the clock
+  // for every completed wait would cost more than the rest of the kernel's work for it, so
+  // a completed wait only counts itself on the task (`waits`) and the deadline looks at the
+  // count from the heap: every `ms / IDLE_LOOKS` while waits keep completing (a wait seen
+  // to have completed at a look runs out `ms` after that look), and otherwise once, at `at`.
+  // A wait that completes while the deadline sleeps until `at` brings the look forward to
+  // at once. So an idle deadline never fires early, and late by at most `ms / IDLE_LOOKS`.
   idle: boolean;
+  seen: number; // the task's `waits` at the last look
+  watching: boolean; // looking every ms / IDLE_LOOKS, not asleep until `at`
   outerIdle: Timer | null; // the idle deadline this one is nested in
 }
 
@@ -222,7 +231,8 @@ class TaskImpl<T = unknown> implements Task<T> {
   sleepTimer: Timer | null = null;
   spareTimer: Timer | null = null; // a cleared deadline still in the heap, ready for reuse
   idleTimer: Timer | null = null;
-  lastWait = -Infinity; // when its last wait completed, while an idle deadline is on
+  waits = 0; // waits completed while an idle deadline is on (see Timer)
+  idleWatched = false; // every idle deadline of the task is watching: none to wake
   waitSeq = 0;
   io: InFlight | null = null; // the Deno call it waits on when reading, writing or accepting
   // Its record of a read or a write, reused call after call (see ConnCall).
@@ -660,7 +670,7 @@ export class Scheduler {
 
   #resume(task: TaskImpl, value: unknown): void {
     task.value = value;
-    if (task.idleTimer !== null) task.lastWait = this.#now();
+    if (task.idleTimer !== null) this.#noteWait(task);
     if (this.#looping || this.#running === null || this.#ready.length > 0) {
       this.#enqueue(task);
       return this.#wake();
@@ -677,14 +687,14 @@ export class Scheduler {
 
   #resumeThrow(task: TaskImpl, error: unknown): void {
     task.error = error;
-    if (task.idleTimer !== null) task.lastWait = this.#now();
+    if (task.idleTimer !== null) this.#noteWait(task);
     this.#enqueue(task);
     this.#wake();
   }
 
   // The clock, read only when a sleep or a deadline needs it, and then kept until the
-  // microtasks queued by then have run: the I/O completions of one event-loop turn, each
-  // restarting or setting its task's deadline, share one reading instead of one each.
+  // microtasks queued by then have run: the tasks resumed in one event-loop turn, each
+  // setting a sleep or a deadline, share one reading instead of one each.
   #now(): number {
     if (Number.isNaN(this.#time)) {
       this.#time = this.#clock.now();
@@ -1148,6 +1158,8 @@ export class Scheduler {
         sleep: true,
         active: true,
         idle: false,
+        seen: 0,
+        watching: false,
         outerIdle: null,
       });
     }
@@ -1176,6 +1188,7 @@ export class Scheduler {
       timer.ms = ms;
       timer.active = true;
       timer.idle = idle;
+      timer.watching = false;
     } else {
       timer = {
         key: at,
@@ -1186,16 +1199,59 @@ export class Scheduler {
         sleep: false,
         active: true,
         idle,
+        seen: 0,
+        watching: false,
         outerIdle: null,
       };
       this.#timers.add(timer);
       this.#timerAdded = true;
     }
     if (idle) {
+      task.idleWatched = false;
+      timer.seen = task.waits;
       timer.outerIdle = task.idleTimer;
       task.idleTimer = timer;
     }
     return timer;
+  }
+
+  // A wait of a task with an idle deadline completed: counted, for the deadline to see at
+  // its next look (see Timer).
+  #noteWait(task: TaskImpl): void {
+    task.waits++;
+    if (!task.idleWatched) this.#watchIdle(task);
+  }
+
+  // A deadline asleep until its limit looks at once instead, since its limit has moved.
+  #watchIdle(task: TaskImpl): void {
+    task.idleWatched = true;
+    for (let timer = task.idleTimer; timer !== null; timer = timer.outerIdle) {
+      if (timer.watching) continue;
+      timer.watching = true;
+      const lastLook = timer.at - timer.ms;
+      if (timer.index >= 0 && lastLook < timer.key) {
+        this.#timers.hasten(timer, lastLook);
+        this.#timerAdded = true;
+      }
+    }
+  }
+
+  // An idle deadline at the top of the heap looks at its task. Returns whether it has run
+  // out; if not, it has moved to its next look.
+  #idleRanOut(timer: Timer, now: number): boolean {
+    const waits = timer.owner.waits;
+    if (waits !== timer.seen) {
+      timer.seen = waits; // the last of them completed no later than now
+      timer.at = now + timer.ms;
+      timer.watching = true;
+    } else {
+      timer.watching = false; // none since the last look: asleep until `at`
+      timer.owner.idleWatched = false;
+    }
+    if (timer.at <= now) return true;
+    const next = timer.watching ? Math.min(now + timer.ms / IDLE_LOOKS, timer.at) : timer.at;
+    this.#timers.postpone(timer, next);
+    return false;
   }
 
   #clearDeadline(task: TaskImpl, timer: Timer): void {
@@ -1247,8 +1303,9 @@ export class Scheduler {
     this.#looping = true; // wake-ups below join the one loop that follows
     let timer: Timer | undefined;
     while ((timer = this.#timers.peek() as Timer | undefined) && timer.key <= now) {
-      if (timer.idle) timer.at = Math.max(timer.at, timer.owner.lastWait + timer.ms);
-      if (timer.active && timer.at > now) {
+      if (timer.active && timer.idle) {
+        if (!this.#idleRanOut(timer, now)) continue;
+      } else if (timer.active && timer.at > now) {
         this.#timers.postpone(timer, timer.at);
         continue;
       }

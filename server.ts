@@ -80,7 +80,8 @@ const ACCEPT_LOG_REPEAT_MS = 60_000;
 export interface HandlerOptions {
   /**
    * How long one read or one write may wait, in milliseconds, before the connection is
-   * closed; `0` disables the limit.
+   * closed (at most a sixteenth of it later, as with `idleTimeout()`); `0` disables
+   * the limit.
    *
    * @default {300_000}
    */

@@ -806,6 +806,33 @@ Deno.test("idleTimeout() fails a stalled read its limit after the last wait comp
   assert.equal(await task.result, 500 + 800);
 });
 
+Deno.test("idleTimeout() fires no earlier than its limit after the last completed wait, at most a sixteenth later", async () => {
+  const { scheduler, clock } = createTestScheduler({ autojump: true });
+  let lastWait = NaN;
+  const task = scheduler.spawn(function* () {
+    try {
+      yield* idleTimeout(
+        160,
+        function* () {
+          for (const ms of [3, 7, 11, 50, 13]) {
+            yield* sleep(ms); // waits completing at 3, 10, 21, 71 and 84
+            lastWait = clock.now();
+          }
+          yield* sleep(1_000); // stalled
+        }(),
+      );
+      return NaN;
+    } catch (error) {
+      assert.ok(error instanceof TimeoutError);
+      return clock.now();
+    }
+  }());
+  await scheduler.run();
+  const firedAt = await task.result;
+  assert.equal(lastWait, 84);
+  assert.ok(firedAt >= 84 + 160 && firedAt <= 84 + 160 + 10, `fired at ${firedAt}`);
+});
+
 // --- no byte lost ------------------------------------------------------------------------------
 
 Deno.test("bytes that arrive after a read timed out go to the next read of the conn", async () => {
