@@ -2,7 +2,8 @@
  * Microbenchmarks of the kernel, each next to the plain async-function equivalent (the
  * group's baseline): a bare-yield task switch, spawn + join, a read/write round trip over a
  * loopback socket pair, and an echo loop over conns whose calls settle at once, which
- * leaves nothing but the kernel's own cost per message. Every name starts with how many
+ * leaves nothing but the kernel's own cost per message (over 100 conns, and over one with
+ * `server.ts`'s own handler and its idle deadline). Every name starts with how many
  * operations one iteration does (`deno task bench` divides by it).
  *
  * ```sh
@@ -12,6 +13,7 @@
  * @module
  */
 import { join, type Operation, read, Scheduler, spawn, write } from "../mod.ts";
+import { echoHandler } from "../server.ts";
 
 const SWITCHES = 1000;
 const SPAWNS = 100;
@@ -225,6 +227,41 @@ Deno.bench({
   async fn() {
     const scheduler = new Scheduler();
     for (let i = 0; i < CONNS; i++) scheduler.spawn(genioEchoIntents(instantConn(MESSAGES)));
+    await scheduler.run();
+  },
+});
+
+// --- one conn, the server's own handler ----------------------------------------------------
+
+// One conn: each settled call is a turn of its own, which is where a cost per turn (such as
+// reading the clock) shows.
+const ONE_CONN_MESSAGES = 10_000;
+
+Deno.bench({
+  name: `async: ${ONE_CONN_MESSAGES} messages echoed by one async function`,
+  group: "echo, one conn, no syscalls",
+  baseline: true,
+  async fn() {
+    await asyncEcho(instantConn(ONE_CONN_MESSAGES));
+  },
+});
+
+Deno.bench({
+  name: `genio: ${ONE_CONN_MESSAGES} messages echoed by server.ts's echoHandler, idle deadline on`,
+  group: "echo, one conn, no syscalls",
+  async fn() {
+    const scheduler = new Scheduler();
+    scheduler.spawn(echoHandler(instantConn(ONE_CONN_MESSAGES)));
+    await scheduler.run();
+  },
+});
+
+Deno.bench({
+  name: `genio: ${ONE_CONN_MESSAGES} messages echoed by server.ts's echoHandler, idle deadline off`,
+  group: "echo, one conn, no syscalls",
+  async fn() {
+    const scheduler = new Scheduler();
+    scheduler.spawn(echoHandler(instantConn(ONE_CONN_MESSAGES), { idleTimeout: 0 }));
     await scheduler.run();
   },
 });
