@@ -833,6 +833,48 @@ Deno.test("idleTimeout() fires no earlier than its limit after the last complete
   assert.ok(firedAt >= 84 + 160 && firedAt <= 84 + 160 + 10, `fired at ${firedAt}`);
 });
 
+Deno.test("nested idleTimeout()s each count the task's waits against their own limit", async () => {
+  const { scheduler, clock } = createTestScheduler({ autojump: true });
+  const times: Record<string, number> = {};
+  const task = scheduler.spawn(function* () {
+    try {
+      yield* idleTimeout(
+        1_000,
+        function* () {
+          try {
+            yield* idleTimeout(
+              100,
+              function* () {
+                for (let i = 0; i < 3; i++) yield* sleep(50);
+                times.lastWait = clock.now();
+                yield* sleep(10_000);
+              }(),
+            );
+          } catch (error) {
+            assert.ok(error instanceof TimeoutError);
+            assert.equal(error.ms, 100);
+            times.inner = clock.now();
+          }
+          yield* sleep(10_000); // no wait completes from here on
+        }(),
+      );
+    } catch (error) {
+      assert.ok(error instanceof TimeoutError);
+      assert.equal(error.ms, 1_000);
+      times.outer = clock.now();
+    }
+  }());
+  await scheduler.run();
+  await task.result;
+  const { lastWait, inner, outer } = times;
+  assert.equal(lastWait, 150);
+  assert.ok(inner >= lastWait + 100 && inner <= lastWait + 100 + 100 / 16, `inner at ${inner}`);
+  assert.ok(
+    outer >= lastWait + 1_000 && outer <= lastWait + 1_000 + 1_000 / 16,
+    `outer at ${outer}`,
+  );
+});
+
 // --- no byte lost ------------------------------------------------------------------------------
 
 Deno.test("bytes that arrive after a read timed out go to the next read of the conn", async () => {
