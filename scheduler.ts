@@ -1149,19 +1149,7 @@ export class Scheduler {
     const at = this.#now() + ms;
     if (ms !== Infinity) {
       this.#timerAdded = true;
-      task.sleepTimer = this.#timers.add({
-        key: at,
-        at,
-        owner: task,
-        index: -1,
-        ms,
-        sleep: true,
-        active: true,
-        idle: false,
-        seen: 0,
-        watching: false,
-        outerIdle: null,
-      });
+      task.sleepTimer = this.#timers.add(newTimer(task, at, ms, true, false));
     }
     this.#sleeping.set(task, at);
     return this.#block(task, "sleeping", at);
@@ -1190,19 +1178,7 @@ export class Scheduler {
       timer.idle = idle;
       timer.watching = false;
     } else {
-      timer = {
-        key: at,
-        at,
-        owner: task,
-        index: -1,
-        ms,
-        sleep: false,
-        active: true,
-        idle,
-        seen: 0,
-        watching: false,
-        outerIdle: null,
-      };
+      timer = newTimer(task, at, ms, false, idle);
       this.#timers.add(timer);
       this.#timerAdded = true;
     }
@@ -1362,6 +1338,22 @@ export class Scheduler {
     if (pending.length === 0) return running.resolve();
     Promise.allSettled(pending).then(() => running.resolve());
   }
+}
+
+function newTimer(owner: TaskImpl, at: number, ms: number, sleep: boolean, idle: boolean): Timer {
+  return {
+    key: at,
+    at,
+    owner,
+    index: -1,
+    ms,
+    sleep,
+    active: true,
+    idle,
+    seen: 0,
+    watching: false,
+    outerIdle: null,
+  };
 }
 
 function remove<T>(list: T[] | null, item: T): void {
