@@ -9,7 +9,7 @@
  *
  * @example The seed's round-robin, two tasks taking turns
  * ```ts
- * import { Scheduler } from "@genio/genio/scheduler";
+import { Scheduler } from "@genio/genio/scheduler";
  * import assert from "node:assert/strict";
  *
  * const out: string[] = [];
@@ -34,6 +34,7 @@
  *
  * @module
  */
+import { closeQuietly } from "./_close_quietly.ts";
 import { Deque } from "./_deque.ts";
 import { type TimerEntry, TimerHeap } from "./_timer_heap.ts";
 import { BusyError, Cancelled, TimeoutError } from "./errors.ts";
@@ -1360,14 +1361,6 @@ function remove<T>(list: T[] | null, item: T): void {
   if (list === null) return;
   const i = list.indexOf(item);
   if (i >= 0) list.splice(i, 1);
-}
-
-function closeQuietly(resource: { close(): void }): void {
-  try {
-    resource.close();
-  } catch {
-    // Already closed by its owner: that is the outcome we wanted.
-  }
 }
 
 function reportToStderr(error: unknown, task: Task<unknown>): void {

@@ -12,7 +12,7 @@
  *
  * @example The seed: an accept loop and an echo handler on one scheduler
  * ```ts
- * import { echoHandler, tcpServer } from "@genio/genio/server";
+import { echoHandler, tcpServer } from "@genio/genio/server";
  * import { Scheduler } from "@genio/genio";
  * import assert from "node:assert/strict";
  *
@@ -35,6 +35,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import { closeQuietly } from "./_close_quietly.ts";
 import denoJson from "./deno.json" with { type: "json" };
 import { BusyError, Cancelled, TimeoutError } from "./errors.ts";
 import {
@@ -592,14 +593,6 @@ function failedBeforeAccept(error: unknown): boolean {
   return error instanceof Deno.errors.NotConnected ||
     error instanceof Deno.errors.ConnectionReset ||
     error instanceof Deno.errors.ConnectionAborted;
-}
-
-function closeQuietly(resource: { close(): void }): void {
-  try {
-    resource.close();
-  } catch {
-    // Closed already: that is what we wanted.
-  }
 }
 
 function formatAddress(addr: Deno.NetAddr): string {
