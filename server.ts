@@ -12,7 +12,7 @@
  *
  * @example The seed: an accept loop and an echo handler on one scheduler
  * ```ts
-import { echoHandler, tcpServer } from "@genio/genio/server";
+ * import { echoHandler, tcpServer } from "@genio/genio/server";
  * import { Scheduler } from "@genio/genio";
  * import assert from "node:assert/strict";
  *
