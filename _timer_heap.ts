@@ -1,36 +1,35 @@
-// A binary min-heap of timers keyed by `key`, that knows each entry's position so that an
-// entry can leave, or move, in O(log n).
-export interface TimerEntry<T> {
+// A binary min-heap of timers ordered by `key`, then by `seq` (entries due at the same time
+// come out in the order they were made), that knows each entry's position so that an entry
+// can leave, or move, in O(log n).
+export interface TimerEntry {
   key: number;
-  readonly owner: T;
+  readonly seq: number;
   index: number;
 }
 
-export class TimerHeap<T> {
-  #heap: TimerEntry<T>[] = [];
+function before(a: TimerEntry, b: TimerEntry): boolean {
+  return a.key < b.key || (a.key === b.key && a.seq < b.seq);
+}
+
+export class TimerHeap<E extends TimerEntry> {
+  #heap: E[] = [];
 
   get size(): number {
     return this.#heap.length;
   }
 
-  peek(): TimerEntry<T> | undefined {
+  peek(): E | undefined {
     return this.#heap[0];
   }
 
-  add<E extends TimerEntry<T>>(entry: E): E {
+  add(entry: E): E {
     entry.index = this.#heap.length;
     this.#heap.push(entry);
     this.#up(entry.index);
     return entry;
   }
 
-  pop(): TimerEntry<T> | undefined {
-    const top = this.#heap[0];
-    if (top !== undefined) this.remove(top);
-    return top;
-  }
-
-  remove(entry: TimerEntry<T>): void {
+  remove(entry: E): void {
     const i = entry.index;
     if (i < 0 || this.#heap[i] !== entry) return;
     entry.index = -1;
@@ -43,13 +42,13 @@ export class TimerHeap<T> {
   }
 
   // Moves an entry to a later key: it can only sink.
-  postpone(entry: TimerEntry<T>, key: number): void {
+  postpone(entry: E, key: number): void {
     entry.key = key;
     this.#down(entry.index);
   }
 
   // Moves an entry to an earlier key: it can only rise.
-  hasten(entry: TimerEntry<T>, key: number): void {
+  hasten(entry: E, key: number): void {
     entry.key = key;
     this.#up(entry.index);
   }
@@ -64,7 +63,7 @@ export class TimerHeap<T> {
     const entry = heap[i];
     while (i > 0) {
       const parent = (i - 1) >> 1;
-      if (heap[parent].key <= entry.key) break;
+      if (!before(entry, heap[parent])) break;
       heap[i] = heap[parent];
       heap[i].index = i;
       i = parent;
@@ -80,8 +79,8 @@ export class TimerHeap<T> {
     for (;;) {
       let child = 2 * i + 1;
       if (child >= n) break;
-      if (child + 1 < n && heap[child + 1].key < heap[child].key) child++;
-      if (heap[child].key >= entry.key) break;
+      if (child + 1 < n && before(heap[child + 1], heap[child])) child++;
+      if (!before(heap[child], entry)) break;
       heap[i] = heap[child];
       heap[i].index = i;
       i = child;

@@ -4,6 +4,7 @@
  *
  * @module
  */
+import type { Deadline } from "./intents.ts";
 
 /**
  * Thrown into a task at its blocking `yield` when the task is cancelled, so that its
@@ -73,16 +74,23 @@ export class Cancelled extends Error {
 export class TimeoutError extends Error {
   /** The time limit that ran out, in milliseconds. */
   readonly ms: number;
+  /**
+   * The limit that ran out: the `Deadline` its block was given, so that a block can tell
+   * its own timeout from an outer one's passing through it. `null` when made by hand.
+   */
+  readonly deadline: Deadline | null;
 
   /**
    * Creates the error for a time limit of `ms` milliseconds.
    *
    * @param ms The time limit that ran out.
+   * @param deadline The limit's handle, when it has one.
    */
-  constructor(ms: number) {
+  constructor(ms: number, deadline?: Deadline) {
     super(`Operation timed out after ${ms} ms`);
     this.name = "TimeoutError";
     this.ms = ms;
+    this.deadline = deadline ?? null;
   }
 }
 

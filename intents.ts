@@ -97,6 +97,8 @@ export interface SpawnIntent {
   readonly name?: string;
   /** Called when the task has settled. See {@linkcode SpawnOptions.onSettled}. */
   readonly onSettled?: (task: Task<unknown>, error: unknown) => void;
+  /** An idle limit around the whole task. See {@linkcode SpawnOptions.idleTimeout}. */
+  readonly idleTimeout?: number;
 }
 
 /** Ask to wait for `task` to finish and receive its result. See {@linkcode join}. */
@@ -142,6 +144,11 @@ export interface ClearDeadlineIntent {
   readonly type: "clear-deadline";
   /** The handle the deadline intent answered with. */
   readonly deadline: Deadline;
+  /**
+   * True when the block's operation returned. If the limit ran out and its error was
+   * thrown inside the block, the block then fails with that error instead of returning.
+   */
+  readonly returned?: boolean;
 }
 
 /** A time limit in force on a task, as answered to a {@linkcode DeadlineIntent}. */
@@ -220,6 +227,15 @@ export interface SpawnOptions {
    * @default {none}
    */
   onSettled?: (task: Task<unknown>, error: unknown) => void;
+  /**
+   * An idle limit on the whole task, in milliseconds, as if its operation ran inside
+   * {@linkcode idleTimeout} but with no generator in between: the task fails with a
+   * `TimeoutError` when one of its waits takes longer. `0` or `Infinity`: no limit. This is
+   * how `tcpServer` gives every handler its idle timeout.
+   *
+   * @default {0}
+   */
+  idleTimeout?: number;
 }
 
 /**
@@ -359,13 +375,14 @@ export function* sleep(ms: number): Operation<void> {
  */
 export function* spawn<T>(
   operation: Operation<T>,
-  options: SpawnOptions = {},
+  options?: SpawnOptions,
 ): Operation<Task<T>> {
   return (yield {
     type: "spawn",
     operation,
-    name: options.name,
-    onSettled: options.onSettled,
+    name: options?.name,
+    onSettled: options?.onSettled,
+    idleTimeout: options?.idleTimeout,
   }) as Task<T>;
 }
 
@@ -497,10 +514,13 @@ export function* wait<T>(promise: PromiseLike<T>): Operation<T> {
  */
 export function* timeout<T>(ms: number, operation: Operation<T>): Operation<T> {
   const deadline = (yield { type: "deadline", ms }) as Deadline;
+  let returned = false;
   try {
-    return yield* operation;
+    const result = yield* operation;
+    returned = true;
+    return result;
   } finally {
-    yield { type: "clear-deadline", deadline };
+    yield { type: "clear-deadline", deadline, returned };
   }
 }
 
@@ -539,9 +559,12 @@ export function* timeout<T>(ms: number, operation: Operation<T>): Operation<T> {
  */
 export function* idleTimeout<T>(ms: number, operation: Operation<T>): Operation<T> {
   const deadline = (yield { type: "deadline", ms, idle: true }) as Deadline;
+  let returned = false;
   try {
-    return yield* operation;
+    const result = yield* operation;
+    returned = true;
+    return result;
   } finally {
-    yield { type: "clear-deadline", deadline };
+    yield { type: "clear-deadline", deadline, returned };
   }
 }

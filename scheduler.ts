@@ -9,7 +9,7 @@
  *
  * @example The seed's round-robin, two tasks taking turns
  * ```ts
-import { Scheduler } from "@genio/genio/scheduler";
+ * import { Scheduler } from "@genio/genio/scheduler";
  * import assert from "node:assert/strict";
  *
  * const out: string[] = [];
@@ -34,18 +34,23 @@ import { Scheduler } from "@genio/genio/scheduler";
  *
  * @module
  */
-import { closeQuietly } from "./_close_quietly.ts";
+import { AcceptWaits } from "./_accept_waits.ts";
+import { ConnWaits } from "./_conn_waits.ts";
 import { Deque } from "./_deque.ts";
-import { type TimerEntry, TimerHeap } from "./_timer_heap.ts";
-import { BusyError, Cancelled, TimeoutError } from "./errors.ts";
+import { BLOCKED, CONTINUE, type Kernel, NOTHING, TaskImpl, type Undo } from "./_task.ts";
+import { outermostExpired, type Timer, Timers } from "./_timers.ts";
+import { Cancelled, TimeoutError } from "./errors.ts";
 import type {
-  AcceptIntent,
-  Deadline,
+  CancelIntent,
+  ClearDeadlineIntent,
+  DeadlineIntent,
   Intent,
+  JoinIntent,
   Operation,
-  ReadIntent,
+  SleepIntent,
+  SpawnIntent,
   SpawnOptions,
-  WriteIntent,
+  WaitIntent,
 } from "./intents.ts";
 
 /**
@@ -190,127 +195,21 @@ const SLICE_MS = 10;
 // Tasks that only yield make passes of a step or two, each cheaper than a look at the
 // clock, so the loop looks at it once every this many steps.
 const CHECK_STEPS = 16;
-// How often an idle deadline looks at its task while waits keep completing: every this
-// many-th of its limit, which is how late it may fire.
-const IDLE_LOOKS = 16;
-const NOTHING: unique symbol = Symbol("nothing");
-const BLOCKED = false;
-const CONTINUE = true;
 
-// A sleep, or a deadline of `timeout()`. A deadline pushed later keeps its place in the heap
-// (its `key`) and only moves when it reaches the top: `at` is when it really runs out.
-interface Timer extends TimerEntry<TaskImpl>, Deadline {
-  at: number;
-  ms: number;
-  readonly sleep: boolean;
-  active: boolean;
-  // An idle deadline starts again each time a wait of its task completes. Reading the clock
-  // for every completed wait would cost more than the rest of the kernel's work for it, so
-  // a completed wait only counts itself on the task (`waits`) and the deadline looks at the
-  // count from the heap: every `ms / IDLE_LOOKS` while waits keep completing (a wait seen
-  // to have completed at a look runs out `ms` after that look), and otherwise once, at `at`.
-  // A wait that completes while the deadline sleeps until `at` brings the look forward to
-  // at once. So an idle deadline never fires early, and late by at most `ms / IDLE_LOOKS`.
-  idle: boolean;
-  seen: number; // the task's `waits` at the last look
-  watching: boolean; // looking every ms / IDLE_LOOKS, not asleep until `at`
-  outerIdle: Timer | null; // the idle deadline this one is nested in
+// What one type of intent does. A blocking intent is where a pending cancellation or a
+// time limit that ran out is delivered, before it starts.
+interface IntentKind {
+  readonly blocks: boolean;
+  readonly perform: (task: TaskImpl, intent: Intent) => boolean;
 }
 
-class TaskImpl<T = unknown> implements Task<T> {
-  state: TaskState = "ready";
-  waitingOn: unknown = null;
-  // What the next step sends in: a value, or an error to throw at the yield.
-  value: unknown = undefined;
-  error: unknown = NOTHING;
-  started = false;
-  finished = false; // the generator is done; the task may still wait for its children
-  cancelRequested = false;
-  cancelDelivered = false;
-  observed = false;
-  pendingTimeout: Timer | null = null;
-  sleepTimer: Timer | null = null;
-  spareTimer: Timer | null = null; // a cleared deadline still in the heap, ready for reuse
-  idleTimer: Timer | null = null;
-  waits = 0; // waits completed while an idle deadline is on (see Timer)
-  idleWatched = false; // every idle deadline of the task is watching: none to wake
-  waitSeq = 0;
-  io: InFlight | null = null; // the Deno call it waits on when reading, writing or accepting
-  // Its record of a read or a write, reused call after call (see ConnCall).
-  connCall: ConnCall | null = null;
-  children: Set<TaskImpl> | null = null;
-  joiners: TaskImpl[] | null = null;
-  onSettled: ((task: Task<unknown>, error: unknown) => void) | null = null;
-  cancellers: TaskImpl[] | null = null;
-  outcome: unknown = undefined;
-  finalState: TaskState = "done";
-  #result: PromiseWithResolvers<unknown> | null = null;
-
-  constructor(
-    readonly owner: Scheduler,
-    readonly id: number,
-    readonly gen: Operation<T>,
-    readonly parent: TaskImpl | null,
-    readonly givenName: string | undefined,
-  ) {}
-
-  get name(): string {
-    return this.givenName ?? `task-${this.id}`;
-  }
-
-  get settled(): boolean {
-    return this.state === "done" || this.state === "failed" ||
-      this.state === "cancelled";
-  }
-
-  get result(): Promise<T> {
-    this.observed = true;
-    if (this.#result === null) {
-      this.#result = Promise.withResolvers<unknown>();
-      if (this.settled) this.settleResult();
-    }
-    return this.#result.promise as Promise<T>;
-  }
-
-  settleResult(): void {
-    if (this.#result === null) return;
-    if (this.state === "done") this.#result.resolve(this.outcome);
-    else this.#result.reject(this.outcome);
-  }
+function blocking<I extends Intent>(perform: (task: TaskImpl, intent: I) => boolean): IntentKind {
+  return { blocks: true, perform: perform as IntentKind["perform"] };
 }
 
-// A conn's entries in the seed's recv_wait and send_wait.
-interface ConnWaiters {
-  reader: TaskImpl | null;
-  writer: TaskImpl | null;
+function immediate<I extends Intent>(perform: (task: TaskImpl, intent: I) => boolean): IntentKind {
+  return { blocks: false, perform: perform as IntentKind["perform"] };
 }
-
-interface InFlight {
-  task: TaskImpl | null; // null once its task stopped waiting: the result is nobody's yet
-  promise: Promise<unknown>;
-}
-
-// A read or a write in flight. A task waits on one at a time, so it keeps one record for
-// both and reuses it from one call to the next, its settle callbacks bound once: the
-// kernel allocates nothing of its own per read or write, and a handler that alternates
-// reads and writes touches one record, not two. A record whose task stops waiting becomes
-// a stray and is not reused.
-interface ConnCall extends InFlight {
-  reading: boolean;
-  conn: Deno.Conn;
-  waiters: ConnWaiters; // the conn's
-  // A read's:
-  buffer: Uint8Array; // where Deno writes: the first reader's buffer
-  target: Uint8Array; // where the waiting task wants the bytes
-  // A write's:
-  data: Uint8Array;
-  written: number;
-  queued: { task: TaskImpl; data: Uint8Array } | null; // behind an abandoned write
-  readonly onValue: (n: number | null) => void;
-  readonly onError: (error: unknown) => void;
-}
-
-type InFlightAccept = InFlight;
 
 /**
  * Runs generator tasks. Spawn tasks, then `await run()`; the queue and wait maps are
@@ -349,38 +248,19 @@ type InFlightAccept = InFlight;
  */
 export class Scheduler {
   #ready = new Deque<TaskImpl>();
-  // The seed's recv_wait / send_wait: who reads and who writes each conn, in one record per
-  // conn that lives as long as the conn. A read or a write costs at most one lookup (none
-  // when the task's last call was on the same conn) and no insertion or deletion, which in a
-  // Map churned by every message cost more than the rest of the kernel's work for it.
-  // `readWaiting` / `writeWaiting` show them as maps.
-  #conns = new WeakMap<Deno.Conn, ConnWaiters>();
-  #acceptWaiting = new Map<Deno.Listener, TaskImpl>();
-  #sleeping = new Map<TaskImpl, number>();
-  #timers = new TimerHeap<TaskImpl>();
   #tasks = new Set<TaskImpl>();
+  #conns: ConnWaits;
+  #accepts: AcceptWaits;
+  #timers: Timers;
+  // Every type of intent and what it does: a new kind of wait is one more line here.
+  #intents: ReadonlyMap<unknown, IntentKind>;
 
-  // Stray calls: Deno calls whose task stopped waiting (Deno cannot un-issue them), kept for
-  // the next taker of the same conn or listener, and results that arrived for nobody.
-  #strayReads = new Map<Deno.Conn, ConnCall>();
-  #strayWrites = new Map<Deno.Conn, ConnCall>();
-  #strayAccepts = new Map<Deno.Listener, InFlightAccept>();
-  // Weak, because the conn's owner may close it and never read again: the bytes go with it.
-  // The count only keeps the lookup off the hot path while nothing is unread.
-  #unread = new WeakMap<Deno.Conn, Uint8Array>();
-  #unreadCount = 0;
-  #unaccepted = new Map<Deno.Listener, Deno.Conn[]>();
-
-  #clock: Clock;
   #onError: (error: unknown, task: Task<unknown>) => void;
   #nextId = 1;
   #current: TaskImpl | null = null;
   #looping = false;
+  #loopQueued = false;
   #sliceTimer: ReturnType<typeof setTimeout> | null = null;
-  #alarm: unknown = null;
-  #alarmAt = Infinity;
-  #timerAdded = false; // only a new timer can be due before the alarm: #arm looks then
-  #time = NaN; // the clock's reading for the microtasks now queued (see #now)
   #unreported: TaskImpl[] = [];
   #running: PromiseWithResolvers<void> | null = null;
 
@@ -390,8 +270,27 @@ export class Scheduler {
    * @param options Error reporting and the clock.
    */
   constructor(options: SchedulerOptions = {}) {
-    this.#clock = options.clock ?? REAL_CLOCK;
     this.#onError = options.onError ?? reportToStderr;
+    const kernel: Kernel = {
+      park: (task, state, on, undo) => this.#park(task, state, on, undo),
+      resume: (task, value) => this.#resume(task, value),
+      fail: (task, error) => this.#fail(task, error),
+    };
+    this.#conns = new ConnWaits(kernel);
+    this.#accepts = new AcceptWaits(kernel);
+    this.#timers = new Timers(options.clock ?? REAL_CLOCK, this.#expire, this.#wake);
+    this.#intents = new Map<Intent["type"], IntentKind>([
+      ["read", blocking(this.#conns.read)],
+      ["write", blocking(this.#conns.write)],
+      ["accept", blocking(this.#accepts.accept)],
+      ["sleep", blocking(this.#sleep)],
+      ["join", blocking(this.#join)],
+      ["cancel", blocking(this.#cancel)],
+      ["wait", blocking(this.#wait)],
+      ["spawn", immediate(this.#spawnChild)],
+      ["deadline", immediate(this.#setLimit)],
+      ["clear-deadline", immediate(this.#clearLimit)],
+    ]);
   }
 
   /** The ready queue, front first (a snapshot). */
@@ -409,35 +308,29 @@ export class Scheduler {
     return this.#waitingIn("writing");
   }
 
-  // Built from the tasks' states: the kernel keeps each conn's reader and writer in the
-  // conn's own record (#conns), which a read or a write updates in place.
-  #waitingIn(state: TaskState): Map<Deno.Conn, Task<unknown>> {
-    const map = new Map<Deno.Conn, Task<unknown>>();
-    for (const task of this.#tasks) {
-      if (task.state === state) map.set(task.waitingOn as Deno.Conn, task);
-    }
-    return map;
-  }
-
-  #waiters(conn: Deno.Conn): ConnWaiters {
-    let waiters = this.#conns.get(conn);
-    if (waiters === undefined) this.#conns.set(conn, waiters = { reader: null, writer: null });
-    return waiters;
-  }
-
   /** Tasks waiting for a connection, by listener. */
   get acceptWaiting(): ReadonlyMap<Deno.Listener, Task<unknown>> {
-    return this.#acceptWaiting;
+    return this.#accepts.waiting;
   }
 
   /** Sleeping tasks and the clock time each wakes at. */
   get sleeping(): ReadonlyMap<Task<unknown>, number> {
-    return this.#sleeping;
+    return this.#timers.sleeping;
   }
 
   /** The task whose step is running now, or `null` between steps. */
   get current(): Task<unknown> | null {
     return this.#current;
+  }
+
+  // Reads and writes keep their waiters in each conn's own record (see _conn_waits.ts); the
+  // map is built from the tasks' states.
+  #waitingIn<K>(state: TaskState): Map<K, Task<unknown>> {
+    const map = new Map<K, Task<unknown>>();
+    for (const task of this.#tasks) {
+      if (task.state === state) map.set(task.waitingOn as K, task);
+    }
+    return map;
   }
 
   /**
@@ -456,16 +349,23 @@ export class Scheduler {
   }
 
   /**
-   * Adds a task with no parent to the back of the ready queue. It starts when `run()` runs.
+   * Adds a task with no parent to the back of the ready queue. It starts on the scheduler's
+   * next turn: in `run()`, or in a microtask when `run()` is already running, so the caller
+   * can look at the task (and ask for its `result`) first.
    *
    * @typeParam T What the task returns.
    * @param operation The generator object to run (call the generator function first).
-   * @param options A name for logs and `tasks()`.
+   * @param options A name for logs and `tasks()`, an idle limit, a callback when it settles.
    * @returns The new task.
+   * @throws {TypeError} When `operation` is not a generator object (an async generator, or
+   * a generator function not called, say).
    */
-  spawn<T>(operation: Operation<T>, options: SpawnOptions = {}): Task<T> {
-    const task = this.#spawn(operation, options, null);
-    if (this.#running !== null) this.#wake();
+  spawn<T>(operation: Operation<T>, options?: SpawnOptions): Task<T> {
+    const task = this.#spawn(operation, options ?? {}, null);
+    if (this.#running !== null && !this.#looping && !this.#loopQueued) {
+      this.#loopQueued = true;
+      queueMicrotask(this.#queuedLoop);
+    }
     return task;
   }
 
@@ -534,7 +434,6 @@ export class Scheduler {
     } finally {
       this.#looping = false;
       this.#endTurn();
-      this.#time = NaN; // the caller may move a virtual clock before the next step
     }
     return task;
   }
@@ -565,23 +464,26 @@ export class Scheduler {
     this.#endTurn();
   };
 
+  #queuedLoop = (): void => {
+    this.#loopQueued = false;
+    this.#wake();
+  };
+
+  // A turn ends: failures nobody observed during it are reported, then either the run is
+  // over or the alarm is set for the earliest timer.
   #endTurn(): void {
     if (this.#unreported.length > 0) this.#report();
     if (this.#tasks.size === 0) this.#stop();
-    else if (this.#timerAdded) this.#arm();
+    else this.#timers.arm();
   }
 
-  #wake(): void {
+  #wake = (): void => {
     if (!this.#looping && this.#running !== null) this.#loop();
-  }
+  };
 
   #step(task: TaskImpl): void {
     this.#current = task;
     task.state = "running";
-    if (!task.started) {
-      task.started = true;
-      if (task.cancelRequested) this.#interrupt(task);
-    }
     const gen = task.gen;
     for (;;) {
       let step: IteratorResult<Intent | undefined, unknown>;
@@ -609,69 +511,38 @@ export class Scheduler {
   }
 
   // Returns CONTINUE when the task can go on at once (its value or error is set), BLOCKED
-  // when it is parked in the ready queue or a wait map.
+  // when it is parked in the ready queue or a wait.
   #perform(task: TaskImpl, intent: Intent | undefined): boolean {
     try {
-      if (intent === undefined) {
-        if (this.#interrupt(task)) return CONTINUE;
-        return this.#enqueue(task);
-      }
-      // Every intent that may block delivers a pending cancel or timeout first. Reads and
-      // writes come first: they are nearly every intent a server's tasks yield.
-      switch (intent.type) {
-        case "read":
-          return this.#interrupt(task) || this.#read(task, intent);
-        case "write":
-          return this.#interrupt(task) || this.#write(task, intent);
-        case "spawn":
-          task.value = this.#spawn(intent.operation, intent, task);
-          return CONTINUE;
-        case "deadline":
-          task.value = this.#setDeadline(task, intent.ms, intent.idle === true);
-          return CONTINUE;
-        case "clear-deadline":
-          this.#clearDeadline(task, intent.deadline as Timer);
-          return CONTINUE;
-      }
-      if (this.#interrupt(task)) return CONTINUE;
-      switch (intent.type) {
-        case "accept":
-          return this.#accept(task, intent);
-        case "sleep":
-          return this.#sleep(task, intent.ms);
-        case "join":
-          return this.#join(task, this.#own(intent.task, "join"));
-        case "cancel":
-          return this.#cancel(task, this.#own(intent.task, "cancel"));
-        case "wait":
-          return this.#wait(task, intent.promise);
-        default:
-          throw new TypeError(
-            `Cannot perform intent: unknown type "${(intent as { type: unknown }).type}"`,
-          );
-      }
+      if (intent === undefined) return this.#interrupt(task) || this.#enqueue(task);
+      const kind = this.#intents.get(intent?.type);
+      if (kind === undefined) throw misuse(intent);
+      if (kind.blocks && this.#interrupt(task)) return CONTINUE;
+      return kind.perform(task, intent);
     } catch (error) {
       task.error = error;
       return CONTINUE;
     }
   }
 
-  #enqueue(task: TaskImpl): boolean {
-    task.state = "ready";
-    task.waitingOn = null;
-    this.#ready.push(task);
+  #park(task: TaskImpl, state: TaskState, on: unknown, undo: Undo): boolean {
+    task.state = state;
+    task.waitingOn = on;
+    task.undo = undo;
     return BLOCKED;
   }
 
-  #block(task: TaskImpl, state: TaskState, on: unknown): boolean {
-    task.state = state;
-    task.waitingOn = on;
+  #enqueue(task: TaskImpl): boolean {
+    task.state = "ready";
+    task.waitingOn = null;
+    task.undo = null;
+    this.#ready.push(task);
     return BLOCKED;
   }
 
   #resume(task: TaskImpl, value: unknown): void {
     task.value = value;
-    if (task.idleTimer !== null) this.#noteWait(task);
+    if (task.idleLimits > 0) this.#timers.noteWait(task);
     if (this.#looping || this.#running === null || this.#ready.length > 0) {
       this.#enqueue(task);
       return this.#wake();
@@ -679,6 +550,7 @@ export class Scheduler {
     // The common case: one Deno call settled while no task is ready. Run its task at once
     // rather than queue it and start the loop for a queue of one.
     task.waitingOn = null;
+    task.undo = null;
     this.#looping = true;
     this.#step(task);
     this.#looping = false;
@@ -686,56 +558,130 @@ export class Scheduler {
     else this.#endTurn();
   }
 
-  #resumeThrow(task: TaskImpl, error: unknown): void {
+  #fail(task: TaskImpl, error: unknown): void {
     task.error = error;
-    if (task.idleTimer !== null) this.#noteWait(task);
+    if (task.idleLimits > 0) this.#timers.noteWait(task);
     this.#enqueue(task);
     this.#wake();
   }
 
-  // The clock, read only when a sleep or a deadline needs it, and then kept until the
-  // microtasks queued by then have run: the tasks resumed in one event-loop turn, each
-  // setting a sleep or a deadline, share one reading instead of one each.
-  #now(): number {
-    if (Number.isNaN(this.#time)) {
-      this.#time = this.#clock.now();
-      queueMicrotask(this.#forgetTime);
+  // --- cancellation and time limits ---------------------------------------------------
+
+  // Delivers a pending cancellation (first) or a time limit that ran out as the error the
+  // task's next step throws. Returns whether there was one.
+  #interrupt(task: TaskImpl): boolean {
+    if (task.cancelRequested && !task.cancelDelivered) {
+      task.cancelDelivered = true;
+      return throwInto(task, new Cancelled(`Task "${task.name}" was cancelled`));
     }
-    return this.#time;
+    if (task.expiredLimits === 0) return false;
+    // The outermost: an inner block that catches it does not make an outer one go away.
+    const limit = outermostExpired(task);
+    limit.delivered = true;
+    return throwInto(task, limitError(task, limit));
   }
 
-  #forgetTime = (): void => {
-    this.#time = NaN;
+  // A parked task that has something to be told: out of its wait, back on the ready queue.
+  #interruptParked(task: TaskImpl): void {
+    if (task.undo === null) return;
+    task.undo(task);
+    this.#interrupt(task);
+    this.#enqueue(task);
+  }
+
+  #expire = (timer: Timer): void => {
+    const task = timer.owner;
+    if (timer.kind !== "sleep") return this.#interruptParked(task);
+    task.value = undefined;
+    if (task.idleLimits > 0) this.#timers.noteWait(task);
+    this.#enqueue(task);
+  };
+
+  #requestCancel(task: TaskImpl): void {
+    if (task.finished || task.cancelRequested) return;
+    task.cancelRequested = true;
+    this.#interruptParked(task);
+  }
+
+  #setLimit = (task: TaskImpl, { ms, idle }: DeadlineIntent): boolean => {
+    if (!(ms >= 0)) throw new RangeError(`Cannot set a timeout of ${ms} ms`);
+    task.value = this.#timers.setLimit(task, ms, idle === true ? "idle" : "deadline");
+    return CONTINUE;
+  };
+
+  // Leaving a block: a limit that ran out and was delivered inside it turns a normal
+  // return into its error, so that code which caught the error cannot end the block as if
+  // it had been in time. A limit that ran out while nothing was waiting is not an error.
+  #clearLimit = (task: TaskImpl, { deadline, returned }: ClearDeadlineIntent): boolean => {
+    const limit = deadline as Timer;
+    if (limit?.owner !== task) {
+      throw new TypeError("Cannot clear a deadline: it is not one of this task's");
+    }
+    const delivered = limit.active && limit.delivered;
+    this.#timers.clearLimit(task, limit);
+    if (returned === true && delivered) task.error = limitError(task, limit);
+    return CONTINUE;
+  };
+
+  #sleep = (task: TaskImpl, { ms }: SleepIntent): boolean => {
+    if (typeof ms !== "number" || Number.isNaN(ms)) {
+      throw new RangeError(`Cannot sleep: ms must be a number, got "${ms}"`);
+    }
+    if (ms <= 0) return this.#enqueue(task);
+    return this.#park(task, "sleeping", this.#timers.sleep(task, ms), this.#timers.stopSleeping);
+  };
+
+  // --- wait: any promise -------------------------------------------------------------
+
+  #wait = (task: TaskImpl, { promise }: WaitIntent): boolean => {
+    const seq = ++task.waitSeq;
+    Promise.resolve(promise).then(
+      (value) => {
+        if (task.waitSeq === seq) this.#resume(task, value);
+      },
+      (error) => {
+        if (task.waitSeq === seq) this.#fail(task, error);
+      },
+    );
+    return this.#park(task, "waiting", promise, this.#undoWait);
+  };
+
+  #undoWait = (task: TaskImpl): void => {
+    task.waitSeq++;
   };
 
   // --- spawn, finish, join, cancel ----------------------------------------------------
 
   #spawn<T>(
     operation: Operation<T>,
-    { name, onSettled }: SpawnOptions,
+    { name, onSettled, idleTimeout }: SpawnOptions,
     parent: TaskImpl | null,
   ): TaskImpl<T> {
-    if (
-      typeof operation?.next !== "function" ||
-      typeof operation.throw !== "function"
-    ) {
-      throw new TypeError(
-        "Cannot spawn: expected a generator object (call the generator function first)",
-      );
-    }
+    checkOperation(operation);
     if (onSettled !== undefined && typeof onSettled !== "function") {
       throw new TypeError("Cannot spawn: onSettled must be a function");
+    }
+    if (idleTimeout !== undefined && !(idleTimeout >= 0)) {
+      throw new RangeError(`Cannot spawn: idleTimeout must be >= 0, got "${idleTimeout}"`);
     }
     const task = new TaskImpl<T>(this, this.#nextId++, operation, parent, name);
     if (onSettled !== undefined) {
       task.onSettled = onSettled;
       task.observed = true;
     }
+    if (idleTimeout !== undefined && idleTimeout > 0 && idleTimeout !== Infinity) {
+      task.taskLimit = this.#timers.setLimit(task, idleTimeout, "idle");
+    }
     this.#tasks.add(task);
     if (parent !== null) (parent.children ??= new Set()).add(task);
     this.#ready.push(task);
     return task;
   }
+
+  #spawnChild = (task: TaskImpl, intent: SpawnIntent): boolean => {
+    task.value = this.#spawn(intent.operation, intent, task);
+    return CONTINUE;
+  };
 
   #own(task: Task<unknown>, verb: string): TaskImpl {
     if (!(task instanceof TaskImpl) || task.owner !== this) {
@@ -750,6 +696,12 @@ export class Scheduler {
   // The generator is done; the task's outcome waits until its children have finished.
   #finish(task: TaskImpl, ok: boolean, outcome: unknown): void {
     task.finished = true;
+    const limit = task.taskLimit;
+    if (ok && limit !== null && limit.active && limit.delivered) {
+      ok = false;
+      outcome = limitError(task, limit);
+    }
+    this.#timers.clearTask(task);
     task.outcome = outcome;
     task.finalState = ok
       ? "done"
@@ -757,7 +709,8 @@ export class Scheduler {
       ? "cancelled"
       : "failed";
     if (task.children !== null && task.children.size > 0) {
-      this.#block(task, "joining", task.children);
+      task.state = "joining";
+      task.waitingOn = task.children;
       for (const child of task.children) this.#requestCancel(child);
       return;
     }
@@ -765,16 +718,15 @@ export class Scheduler {
   }
 
   #settle(task: TaskImpl): void {
-    if (task.spareTimer !== null) this.#timers.remove(task.spareTimer);
-    task.spareTimer = null;
     task.state = task.finalState;
     task.waitingOn = null;
     this.#tasks.delete(task);
     const failed = task.state !== "done";
     if (task.onSettled !== null) this.#callOnSettled(task, failed ? task.outcome : undefined);
-    if (task.joiners !== null) {
+    if (task.joiners !== null && task.joiners.length > 0) {
+      if (failed) task.observed = true;
       for (const joiner of task.joiners) {
-        if (failed) this.#resumeThrow(joiner, task.outcome);
+        if (failed) this.#fail(joiner, task.outcome);
         else this.#resume(joiner, task.outcome);
       }
     }
@@ -801,500 +753,37 @@ export class Scheduler {
     }
   }
 
-  #join(task: TaskImpl, target: TaskImpl): boolean {
-    target.observed = true;
-    if (target.settled) {
-      if (target.state === "done") task.value = target.outcome;
-      else task.error = target.outcome;
-      return CONTINUE;
+  #join = (task: TaskImpl, intent: JoinIntent): boolean => {
+    const target = this.#own(intent.task, "join");
+    if (!target.settled) {
+      (target.joiners ??= []).push(task);
+      return this.#park(task, "joining", target, this.#undoJoin);
     }
-    (target.joiners ??= []).push(task);
-    return this.#block(task, "joining", target);
-  }
+    if (target.state === "done") task.value = target.outcome;
+    else {
+      target.observed = true;
+      task.error = target.outcome;
+    }
+    return CONTINUE;
+  };
 
-  #stopJoining(task: TaskImpl): void {
-    const target = task.waitingOn as TaskImpl;
-    remove(target.joiners, task);
-    remove(target.cancellers, task);
-  }
-
-  #cancel(task: TaskImpl, target: TaskImpl): boolean {
+  #cancel = (task: TaskImpl, intent: CancelIntent): boolean => {
+    const target = this.#own(intent.task, "cancel");
     if (target.settled) return CONTINUE;
     this.#requestCancel(target);
     (target.cancellers ??= []).push(task);
-    return this.#block(task, "joining", target);
-  }
-
-  #requestCancel(task: TaskImpl): void {
-    if (task.finished || task.cancelRequested) return;
-    task.cancelRequested = true;
-    if (task.state !== "ready" && task.state !== "running") {
-      this.#stopWaiting(task);
-      this.#interrupt(task);
-      this.#enqueue(task);
-    }
-  }
-
-  // Delivers a pending cancellation (first) or timeout as the error the task's next step
-  // throws. Returns whether there was one.
-  #interrupt(task: TaskImpl): boolean {
-    if (task.cancelRequested && !task.cancelDelivered) {
-      task.cancelDelivered = true;
-      task.value = undefined;
-      task.error = new Cancelled(`Task "${task.name}" was cancelled`);
-      return true;
-    }
-    const timer = task.pendingTimeout;
-    if (timer !== null) {
-      task.pendingTimeout = null;
-      task.value = undefined;
-      task.error = new TimeoutError(timer.ms);
-      return true;
-    }
-    return false;
-  }
-
-  // Takes a blocked task out of whatever it waits on, leaving any Deno call in flight.
-  #stopWaiting(task: TaskImpl): void {
-    switch (task.state) {
-      case "reading":
-        return this.#stopReading(task);
-      case "writing":
-        return this.#stopWriting(task);
-      case "accepting":
-        return this.#stopAccepting(task);
-      case "sleeping":
-        return this.#stopSleeping(task);
-      case "joining":
-        return this.#stopJoining(task);
-      case "waiting":
-        task.waitSeq++;
-        return;
-    }
-  }
-
-  // --- wait: any promise -------------------------------------------------------------
-
-  #wait(task: TaskImpl, promise: PromiseLike<unknown>): boolean {
-    const seq = ++task.waitSeq;
-    Promise.resolve(promise).then(
-      (value) => {
-        if (task.waitSeq === seq) this.#resume(task, value);
-      },
-      (error) => {
-        if (task.waitSeq === seq) this.#resumeThrow(task, error);
-      },
-    );
-    return this.#block(task, "waiting", promise);
-  }
-
-  // --- read: readWaiting ----------------------------------------------------------------
-
-  #read(task: TaskImpl, { conn, buffer }: ReadIntent): boolean {
-    const waiters = this.#waitersFor(task, conn);
-    const reader = waiters.reader;
-    if (reader !== null) {
-      throw new BusyError(
-        `Cannot read: the conn is already being read by task "${reader.name}"`,
-        conn,
-      );
-    }
-    if (this.#unreadCount > 0) {
-      const unread = this.#unread.get(conn);
-      if (unread !== undefined) {
-        task.value = this.#takeUnread(conn, unread, buffer);
-        return CONTINUE;
-      }
-    }
-    let op = this.#strayReads.size > 0 ? this.#strayReads.get(conn) : undefined;
-    if (op !== undefined) {
-      this.#strayReads.delete(conn);
-      op.task = task;
-      op.target = buffer;
-    } else {
-      op = task.connCall ??= this.#newConnCall();
-      op.reading = true;
-      op.task = task;
-      op.conn = conn;
-      op.waiters = waiters;
-      op.buffer = op.target = buffer;
-      const promise = conn.read(buffer);
-      op.promise = promise;
-      promise.then(op.onValue, op.onError);
-    }
-    task.io = op;
-    waiters.reader = task;
-    return this.#block(task, "reading", conn);
-  }
-
-  #newConnCall(): ConnCall {
-    const op: ConnCall = {
-      task: null,
-      promise: null!,
-      reading: true,
-      conn: null!,
-      waiters: null!,
-      buffer: null!,
-      target: null!,
-      data: null!,
-      written: 0,
-      queued: null,
-      onValue: (n) => op.reading ? this.#readDone(op, n, null) : this.#writeDone(op, n!, null),
-      onError: (error) =>
-        op.reading ? this.#readDone(op, null, error) : this.#writeDone(op, 0, error),
-    };
-    return op;
-  }
-
-  // The conn's record, without a lookup when the task's last call was on the same conn.
-  #waitersFor(task: TaskImpl, conn: Deno.Conn): ConnWaiters {
-    const last = task.connCall;
-    return last !== null && last.conn === conn ? last.waiters : this.#waiters(conn);
-  }
-
-  #readDone(op: ConnCall, n: number | null, error: unknown): void {
-    const { task, conn } = op;
-    if (task === null) {
-      this.#strayReads.delete(conn);
-      if (n !== null && n > 0) this.#keepUnread(conn, op.buffer.slice(0, n));
-      return;
-    }
-    task.io = null;
-    op.waiters.reader = null;
-    if (error !== null) return this.#resumeThrow(task, error);
-    if (n !== null && op.target !== op.buffer) {
-      this.#keepUnread(conn, op.buffer.slice(0, n));
-      n = this.#takeUnread(conn, this.#unread.get(conn)!, op.target);
-    }
-    this.#resume(task, n);
-  }
-
-  #stopReading(task: TaskImpl): void {
-    const conn = task.waitingOn as Deno.Conn;
-    this.#conns.get(conn)!.reader = null;
-    this.#strayReads.set(conn, this.#abandon(task) as ConnCall);
-  }
-
-  #keepUnread(conn: Deno.Conn, bytes: Uint8Array): void {
-    const before = this.#unread.get(conn);
-    if (before === undefined) {
-      this.#unreadCount++;
-      return void this.#unread.set(conn, bytes);
-    }
-    const joined = new Uint8Array(before.length + bytes.length);
-    joined.set(before);
-    joined.set(bytes, before.length);
-    this.#unread.set(conn, joined);
-  }
-
-  #takeUnread(conn: Deno.Conn, unread: Uint8Array, buffer: Uint8Array): number {
-    const n = Math.min(unread.length, buffer.length);
-    buffer.set(unread.subarray(0, n));
-    if (n === unread.length) {
-      this.#unread.delete(conn);
-      this.#unreadCount--;
-    } else this.#unread.set(conn, unread.subarray(n));
-    return n;
-  }
-
-  #abandon(task: TaskImpl): InFlight {
-    const op = task.io!;
-    op.task = null;
-    task.io = null;
-    if (task.connCall === op) task.connCall = null;
-    return op;
-  }
-
-  // --- write: writeWaiting --------------------------------------------------------------
-
-  #write(task: TaskImpl, { conn, data }: WriteIntent): boolean {
-    const waiters = this.#waitersFor(task, conn);
-    const writer = waiters.writer;
-    if (writer !== null) {
-      throw new BusyError(
-        `Cannot write: the conn is already being written by task "${writer.name}"`,
-        conn,
-      );
-    }
-    if (data.length === 0) {
-      task.value = 0;
-      return CONTINUE;
-    }
-    // Bytes must not overtake an abandoned write that is still going out.
-    const stray = this.#strayWrites.size > 0 ? this.#strayWrites.get(conn) : undefined;
-    if (stray !== undefined) stray.queued = { task, data };
-    else this.#writeMore(conn, waiters, task, data, 0);
-    waiters.writer = task;
-    return this.#block(task, "writing", conn);
-  }
-
-  #writeMore(
-    conn: Deno.Conn,
-    waiters: ConnWaiters,
-    task: TaskImpl,
-    data: Uint8Array,
-    written: number,
-  ): void {
-    let promise: Promise<number>;
-    try {
-      promise = conn.write(written === 0 ? data : data.subarray(written));
-    } catch (error) {
-      promise = Promise.reject(error);
-    }
-    const op = task.connCall ??= this.#newConnCall();
-    op.reading = false;
-    op.task = task;
-    op.conn = conn;
-    op.waiters = waiters;
-    op.promise = promise;
-    op.data = data;
-    op.written = written;
-    op.queued = null;
-    task.io = op;
-    promise.then(op.onValue, op.onError);
-  }
-
-  #writeDone(op: ConnCall, n: number, error: unknown): void {
-    const { task, conn } = op;
-    if (task === null) {
-      this.#strayWrites.delete(conn);
-      const queued = op.queued;
-      if (queued !== null && op.waiters.writer === queued.task) {
-        this.#writeMore(conn, op.waiters, queued.task, queued.data, 0);
-      }
-      return;
-    }
-    const written = op.written + n;
-    if (error === null && written < op.data.length) {
-      return this.#writeMore(conn, op.waiters, task, op.data, written);
-    }
-    task.io = null;
-    op.waiters.writer = null;
-    if (error !== null) this.#resumeThrow(task, error);
-    else this.#resume(task, written);
-  }
-
-  #stopWriting(task: TaskImpl): void {
-    const conn = task.waitingOn as Deno.Conn;
-    this.#conns.get(conn)!.writer = null;
-    // A writer queued behind a stray write has no call of its own yet.
-    if (task.io !== null) this.#strayWrites.set(conn, this.#abandon(task) as ConnCall);
-  }
-
-  // --- accept: acceptWaiting ------------------------------------------------------------
-
-  #accept(task: TaskImpl, { listener }: AcceptIntent): boolean {
-    const acceptor = this.#acceptWaiting.get(listener);
-    if (acceptor !== undefined) {
-      throw new BusyError(
-        `Cannot accept: the listener is already used by task "${acceptor.name}"`,
-        listener,
-      );
-    }
-    const unaccepted = this.#unaccepted.get(listener);
-    if (unaccepted !== undefined) {
-      task.value = unaccepted.shift();
-      if (unaccepted.length === 0) this.#unaccepted.delete(listener);
-      return CONTINUE;
-    }
-    let op = this.#strayAccepts.get(listener);
-    if (op !== undefined) {
-      this.#strayAccepts.delete(listener);
-      op.task = task;
-    } else {
-      const promise = listener.accept();
-      const fresh: InFlightAccept = { task, promise };
-      promise.then(
-        (conn) => this.#acceptDone(listener, fresh, conn, null),
-        (error) => this.#acceptDone(listener, fresh, null, error),
-      );
-      op = fresh;
-    }
-    task.io = op;
-    this.#acceptWaiting.set(listener, task);
-    return this.#block(task, "accepting", listener);
-  }
-
-  #acceptDone(
-    listener: Deno.Listener,
-    op: InFlightAccept,
-    conn: Deno.Conn | null,
-    error: unknown,
-  ): void {
-    const task = op.task;
-    if (task === null) {
-      this.#strayAccepts.delete(listener);
-      if (conn === null) return;
-      const kept = this.#unaccepted.get(listener);
-      if (kept === undefined) this.#unaccepted.set(listener, [conn]);
-      else kept.push(conn);
-      return;
-    }
-    task.io = null;
-    this.#acceptWaiting.delete(listener);
-    if (error !== null) this.#resumeThrow(task, error);
-    else this.#resume(task, conn);
-  }
-
-  #stopAccepting(task: TaskImpl): void {
-    const listener = task.waitingOn as Deno.Listener;
-    this.#acceptWaiting.delete(listener);
-    this.#strayAccepts.set(listener, this.#abandon(task));
-  }
-
-  // --- sleep and deadlines: sleeping, the timer heap -----------------------------------
-
-  #sleep(task: TaskImpl, ms: number): boolean {
-    if (Number.isNaN(ms)) throw new RangeError("Cannot sleep: ms is NaN");
-    if (ms <= 0) return this.#enqueue(task);
-    const at = this.#now() + ms;
-    if (ms !== Infinity) {
-      this.#timerAdded = true;
-      task.sleepTimer = this.#timers.add(newTimer(task, at, ms, true, false));
-    }
-    this.#sleeping.set(task, at);
-    return this.#block(task, "sleeping", at);
-  }
-
-  #stopSleeping(task: TaskImpl): void {
-    if (task.sleepTimer !== null) this.#timers.remove(task.sleepTimer);
-    task.sleepTimer = null;
-    this.#sleeping.delete(task);
-  }
-
-  #setDeadline(task: TaskImpl, ms: number, idle: boolean): Deadline {
-    if (Number.isNaN(ms) || ms < 0) {
-      throw new RangeError(`Cannot set a timeout of ${ms} ms`);
-    }
-    const now = this.#now();
-    const at = now + ms;
-    let timer = task.spareTimer;
-    // A handler timing every read and write re-arms one deadline per message: reusing the
-    // cleared entry, which is due no later than the new deadline, makes that O(1).
-    if (timer !== null && timer.key <= at) {
-      task.spareTimer = null;
-      timer.at = at;
-      timer.ms = ms;
-      timer.active = true;
-      timer.idle = idle;
-      timer.watching = false;
-    } else {
-      timer = newTimer(task, at, ms, false, idle);
-      this.#timers.add(timer);
-      this.#timerAdded = true;
-    }
-    if (idle) {
-      task.idleWatched = false;
-      timer.seen = task.waits;
-      timer.outerIdle = task.idleTimer;
-      task.idleTimer = timer;
-    }
-    return timer;
-  }
-
-  // A wait of a task with an idle deadline completed: counted, for the deadline to see at
-  // its next look (see Timer).
-  #noteWait(task: TaskImpl): void {
-    task.waits++;
-    if (!task.idleWatched) this.#watchIdle(task);
-  }
-
-  // A deadline asleep until its limit looks at once instead, since its limit has moved.
-  #watchIdle(task: TaskImpl): void {
-    task.idleWatched = true;
-    for (let timer = task.idleTimer; timer !== null; timer = timer.outerIdle) {
-      if (timer.watching) continue;
-      timer.watching = true;
-      const lastLook = timer.at - timer.ms;
-      if (timer.index >= 0 && lastLook < timer.key) {
-        this.#timers.hasten(timer, lastLook);
-        this.#timerAdded = true;
-      }
-    }
-  }
-
-  // An idle deadline at the top of the heap looks at its task. Returns whether it has run
-  // out; if not, it has moved to its next look.
-  #idleRanOut(timer: Timer, now: number): boolean {
-    const waits = timer.owner.waits;
-    if (waits !== timer.seen) {
-      timer.seen = waits; // the last of them completed no later than now
-      timer.at = now + timer.ms;
-      timer.watching = true;
-    } else {
-      timer.watching = false; // none since the last look: asleep until `at`
-      timer.owner.idleWatched = false;
-    }
-    if (timer.at <= now) return true;
-    const next = timer.watching ? Math.min(now + timer.ms / IDLE_LOOKS, timer.at) : timer.at;
-    this.#timers.postpone(timer, next);
-    return false;
-  }
-
-  #clearDeadline(task: TaskImpl, timer: Timer): void {
-    if (!timer.active) return;
-    timer.active = false;
-    if (timer.idle) {
-      task.idleTimer = timer.outerIdle;
-      timer.outerIdle = null;
-    }
-    if (task.pendingTimeout === timer) task.pendingTimeout = null;
-    if (timer.index < 0) return;
-    if (task.spareTimer === null && !task.finished) task.spareTimer = timer;
-    else this.#timers.remove(timer);
-  }
-
-  #expire(timer: Timer): void {
-    const task = timer.owner;
-    if (timer.sleep) {
-      task.sleepTimer = null;
-      this.#sleeping.delete(task);
-      return this.#resume(task, undefined);
-    }
-    if (task.finished) return;
-    task.pendingTimeout = timer;
-    if (task.state !== "ready" && task.state !== "running") {
-      this.#stopWaiting(task);
-      this.#interrupt(task);
-      this.#enqueue(task);
-    }
-  }
-
-  // One real timer, set for the earliest deadline whenever that moves earlier.
-  #arm(): void {
-    this.#timerAdded = false;
-    const next = this.#timers.peek();
-    if (next === undefined || next.key >= this.#alarmAt) return;
-    if (this.#alarm !== null) this.#clock.clearTimer(this.#alarm);
-    this.#alarmAt = next.key;
-    const delay = Math.max(0, Math.ceil(next.key - this.#now()));
-    this.#alarm = this.#clock.setTimer(this.#ring, delay);
-  }
-
-  #ring = (): void => {
-    this.#alarm = null;
-    this.#alarmAt = Infinity;
-    this.#timerAdded = true;
-    this.#time = NaN;
-    const now = this.#now();
-    this.#looping = true; // wake-ups below join the one loop that follows
-    let timer: Timer | undefined;
-    while ((timer = this.#timers.peek() as Timer | undefined) && timer.key <= now) {
-      if (timer.active && timer.idle) {
-        if (!this.#idleRanOut(timer, now)) continue;
-      } else if (timer.active && timer.at > now) {
-        this.#timers.postpone(timer, timer.at);
-        continue;
-      }
-      this.#timers.remove(timer);
-      if (timer.active) this.#expire(timer);
-      else if (timer.owner.spareTimer === timer) timer.owner.spareTimer = null;
-    }
-    this.#looping = false;
-    this.#wake();
+    return this.#park(task, "joining", target, this.#undoJoin);
   };
 
-  // --- ending a run ---------------------------------------------------------------------
+  // A joiner that stops waiting observes nothing: a failure it would have received is
+  // still reported unless another joiner takes it.
+  #undoJoin = (task: TaskImpl): void => {
+    const target = task.waitingOn as TaskImpl;
+    remove(target.joiners, task);
+    remove(target.cancellers, task);
+  };
+
+  // --- ending a turn and a run --------------------------------------------------------
 
   #report(): void {
     const unreported = this.#unreported;
@@ -1312,49 +801,77 @@ export class Scheduler {
     }
   }
 
-  // No task is left, so nobody can take the result of an abandoned Deno call: close its
-  // resource so the call ends, then finish the run once those calls have settled.
+  // No task is left, so nobody can take the result of an abandoned Deno call: its resource
+  // is closed so that the call ends, and the run ends once those calls have settled.
   #stop(): void {
     const running = this.#running;
     this.#running = null;
-    if (this.#alarm !== null) this.#clock.clearTimer(this.#alarm);
-    this.#alarm = null;
-    this.#alarmAt = Infinity;
+    this.#timers.stop();
     if (this.#sliceTimer !== null) clearTimeout(this.#sliceTimer);
     this.#sliceTimer = null;
-    this.#timers.clear();
-    const pending: Promise<unknown>[] = [];
-    for (const strays of [this.#strayReads, this.#strayWrites, this.#strayAccepts]) {
-      for (const [resource, op] of strays) {
-        pending.push(op.promise);
-        closeQuietly(resource);
-      }
-      strays.clear();
-    }
-    for (const conns of this.#unaccepted.values()) conns.forEach(closeQuietly);
-    this.#unaccepted.clear();
-    this.#unread = new WeakMap();
-    this.#unreadCount = 0;
+    const pending = [...this.#conns.stop(), ...this.#accepts.stop()];
     if (running === null) return;
     if (pending.length === 0) return running.resolve();
     Promise.allSettled(pending).then(() => running.resolve());
   }
 }
 
-function newTimer(owner: TaskImpl, at: number, ms: number, sleep: boolean, idle: boolean): Timer {
-  return {
-    key: at,
-    at,
-    owner,
-    index: -1,
-    ms,
-    sleep,
-    active: true,
-    idle,
-    seen: 0,
-    watching: false,
-    outerIdle: null,
-  };
+function throwInto(task: TaskImpl, error: unknown): boolean {
+  task.value = undefined;
+  task.error = error;
+  return CONTINUE;
+}
+
+// A cancelled task's limits may still bound its cleanup, but what reaches its code is
+// `Cancelled`: a TimeoutError there could be caught and let it return as if not cancelled.
+function limitError(task: TaskImpl, limit: Timer): Error {
+  if (!task.cancelRequested) return new TimeoutError(limit.ms, limit);
+  return new Cancelled(
+    `Task "${task.name}" was cancelled, and its ${limit.ms} ms time limit ran out in cleanup`,
+  );
+}
+
+function checkOperation(operation: unknown): void {
+  const gen = operation as Partial<Operation<unknown>> | null;
+  if (typeof gen?.next === "function" && typeof gen.throw === "function") {
+    if (Symbol.asyncIterator in gen) {
+      throw new TypeError(
+        "Cannot spawn: got an async generator (an `async function*`): write a plain " +
+          "`function*`, and wait for a promise with `yield* wait(promise)`",
+      );
+    }
+    return;
+  }
+  if (typeof operation === "function") {
+    throw new TypeError(
+      "Cannot spawn: got a function: call the generator function first, " +
+        "as in `spawn(handler(conn))`",
+    );
+  }
+  throw new TypeError(
+    "Cannot spawn: expected a generator object (call the generator function first)",
+  );
+}
+
+// What a task yielded that is not an intent, and what to write instead.
+function misuse(value: unknown): TypeError {
+  const object = value as { next?: unknown; then?: unknown; type?: unknown } | null;
+  if (typeof object?.next === "function") {
+    return new TypeError(
+      "Cannot perform intent: yielded a generator: use `yield*` " +
+        "(write `yield* read(conn, buffer)`, not `yield read(conn, buffer)`)",
+    );
+  }
+  if (typeof object?.then === "function") {
+    return new TypeError("Cannot perform intent: yielded a Promise: use `yield* wait(promise)`");
+  }
+  if (object !== null && typeof object === "object" && "type" in object) {
+    return new TypeError(`Cannot perform intent: unknown type "${String(object.type)}"`);
+  }
+  return new TypeError(
+    `Cannot perform intent: yielded ${typeof value === "string" ? `"${value}"` : String(value)}` +
+      ", which is not an intent (a bare `yield` lets the other tasks run)",
+  );
 }
 
 function remove<T>(list: T[] | null, item: T): void {

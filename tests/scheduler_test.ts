@@ -498,20 +498,28 @@ Deno.test("a ready task gets its result, then the cancellation at its next block
   assert.equal(target.state, "cancelled");
 });
 
-Deno.test("cancelling a task that never started finishes it without running it", async () => {
+Deno.test("a task cancelled before it first ran still starts, and gets Cancelled at its first blocking intent", async () => {
   const scheduler = new Scheduler();
-  let ran = false;
+  const log: string[] = [];
   const main = scheduler.spawn(function* () {
     const child = yield* spawn(function* () {
-      ran = true;
-      yield;
+      log.push("started");
+      try {
+        yield;
+        log.push("went on");
+      } catch (error) {
+        log.push((error as Error).name);
+        throw error;
+      } finally {
+        log.push("finally");
+      }
     }());
     yield* cancel(child);
     return child.state;
   }());
   await scheduler.run();
   assert.equal(await main.result, "cancelled");
-  assert.equal(ran, false);
+  assert.deepEqual(log, ["started", "Cancelled", "finally"]);
 });
 
 Deno.test("cancelling a finished task returns at once; cancelling yourself is refused", async () => {
