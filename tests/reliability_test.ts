@@ -4,18 +4,17 @@
 // task alone, with empty wait maps and no descriptor left open.
 import assert from "node:assert/strict";
 import { type Operation, read, write } from "../mod.ts";
-import { echoHandler, type Handler, serve, type ServeOptions, type Server } from "../server.ts";
+import { closeQuietly } from "../_close_quietly.ts";
+import { echoHandler } from "../echo.ts";
+import { type Handler, serve, type ServeOptions, type Server } from "../tcp_server.ts";
 import { startServer } from "./_server_process.ts";
 import {
   assertAnsweredExactly,
   assertAtRest,
   assertFdsBackTo,
   childRunning,
-  connect,
-  delay,
   type FdTable,
   garbageConversation,
-  HOST,
   openFds,
   openFileLimit,
   payload,
@@ -25,9 +24,9 @@ import {
   rss,
   stream,
   type Tally,
-  until,
   witnesses,
 } from "./_clients.ts";
+import { connect, delay, HOST, until } from "./_net.ts";
 
 const MB = 1024 * 1024;
 const SEED = 7;
@@ -277,11 +276,7 @@ test("a client that sends 200 MB without reading holds the server's memory flat 
     clearTimeout(giveUp);
     sampling = false;
     await sampler;
-    try {
-      greedy.close();
-    } catch {
-      // Closed by giveUp.
-    }
+    closeQuietly(greedy); // unless giveUp closed it
   }
   const elapsed = performance.now() - started;
 
