@@ -450,9 +450,23 @@ export async function fdsOpenedSince(before: FdTable, pid: number = Deno.pid): P
 }
 
 // How many files this process may have open (Deno raises its soft limit to the hard one).
-export async function openFileLimit(): Promise<number> {
-  const text = (await sh("ulimit -n")).trim();
-  return text === "unlimited" ? Infinity : Number(text);
+// This process's soft limit on open files, first raised to `wanted` (or as far towards it as the
+// hard limit allows) where `prlimit` is installed: many systems start a process at 1,024 with a
+// far higher hard limit.
+export async function openFileLimit(wanted = 0): Promise<number> {
+  const [soft, hard] = (await sh("ulimit -Sn; ulimit -Hn")).trim().split("\n").map((text) =>
+    text === "unlimited" ? Infinity : Number(text)
+  );
+  const raised = Math.min(wanted, hard);
+  if (raised <= soft) return soft;
+  const prlimit = new Deno.Command("prlimit", {
+    args: ["--pid", String(Deno.pid), `--nofile=${raised}:`],
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  });
+  const status = await prlimit.output().catch(() => null);
+  return status?.success ? raised : soft;
 }
 
 // Resident memory of a process, in bytes.
