@@ -6,6 +6,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import { DEFAULT_BUFFER_SIZE } from "../_server_options.ts";
 
 /** What a comparison server does with each connection. */
 export type ServeConn = (conn: Deno.Conn, bufferSize: number, quiet: boolean) => void;
@@ -17,7 +18,7 @@ export async function runEchoServer(serveConn: ServeConn): Promise<void> {
     options: {
       port: { type: "string", default: "8000" },
       hostname: { type: "string", default: "127.0.0.1" },
-      "buffer-size": { type: "string", default: "16384" },
+      "buffer-size": { type: "string", default: String(DEFAULT_BUFFER_SIZE) },
       quiet: { type: "boolean", default: false },
     },
   });

@@ -13,7 +13,8 @@
  * @module
  */
 import { join, type Operation, read, Scheduler, spawn, write } from "../mod.ts";
-import { echoHandler } from "../server.ts";
+import { echoHandler } from "../echo.ts";
+import { loopback } from "./_from_tests.ts";
 
 const SWITCHES = 1000;
 const SPAWNS = 100;
@@ -91,23 +92,6 @@ Deno.bench({
 
 // --- a round trip over a socket pair -------------------------------------------------------
 
-/** A connected pair of loopback TCP conns, closed by `using`. */
-async function socketPair(): Promise<{ a: Deno.Conn; b: Deno.Conn } & Disposable> {
-  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const [a, b] = await Promise.all([
-    Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port }),
-    listener.accept(),
-  ]);
-  return {
-    a,
-    b,
-    [Symbol.dispose]() {
-      a.close();
-      b.close();
-    },
-  };
-}
-
 // Each round trip is four Deno calls: a writes, b reads, b writes it back, a reads.
 async function asyncRoundTrips(a: Deno.Conn, b: Deno.Conn): Promise<void> {
   const buffer = new Uint8Array(1024);
@@ -135,9 +119,9 @@ Deno.bench({
   baseline: true,
   n: 200,
   async fn(b) {
-    using pair = await socketPair();
+    using pair = await loopback();
     b.start();
-    await asyncRoundTrips(pair.a, pair.b);
+    await asyncRoundTrips(pair.client, pair.server);
     b.end();
   },
 });
@@ -147,9 +131,9 @@ Deno.bench({
   group: "read/write round trip",
   n: 200,
   async fn(b) {
-    using pair = await socketPair();
+    using pair = await loopback();
     const scheduler = new Scheduler();
-    scheduler.spawn(genioRoundTrips(pair.a, pair.b));
+    scheduler.spawn(genioRoundTrips(pair.client, pair.server));
     b.start();
     await scheduler.run();
     b.end();

@@ -12,6 +12,7 @@
  *
  * @module
  */
+import { closeQuietly } from "../_close_quietly.ts";
 import { runEchoServer } from "./_echo_cli.ts";
 
 const PREFIX: Uint8Array = new TextEncoder().encode("GOT:");
@@ -29,11 +30,7 @@ async function echo(conn: Deno.Conn, bufferSize: number, quiet: boolean): Promis
   } catch (error) {
     if (!quiet) console.error(`Connection error: ${(error as Error).message}`);
   } finally {
-    try {
-      conn.close();
-    } catch {
-      // Closed already.
-    }
+    closeQuietly(conn);
   }
 }
 

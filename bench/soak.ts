@@ -17,7 +17,6 @@
  * @module
  */
 import { parseFlags } from "./_flags.ts";
-import { startServer } from "../tests/_server_process.ts";
 import {
   childRunning,
   connect,
@@ -30,10 +29,11 @@ import {
   Random,
   ResettingClient,
   rss,
+  startServer,
   stream,
   type Tally,
   within,
-} from "../tests/_clients.ts";
+} from "./_from_tests.ts";
 
 const { values: flags } = parseFlags("soak", {
   args: Deno.args,

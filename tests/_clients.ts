@@ -5,39 +5,11 @@
 import assert from "node:assert/strict";
 import { createHash, type Hash } from "node:crypto";
 import net from "node:net";
-import type { Server } from "../server.ts";
-import { within } from "./_server_process.ts";
+import type { Server } from "../tcp_server.ts";
+import { concat, connect, delay, HOST, readBytesToEnd, until } from "./_net.ts";
 
-export { within };
-
-export const HOST = "127.0.0.1";
 const G = 0x47;
 const GOT: Uint8Array = new TextEncoder().encode("GOT:");
-
-export function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-// Polls `condition` every `every` ms until it holds, for at most `ms`; nothing keeps polling
-// after a timeout.
-export async function until(
-  condition: () => boolean,
-  what: string,
-  ms = 10_000,
-  every = 5,
-): Promise<void> {
-  const deadline = performance.now() + ms;
-  while (!condition()) {
-    if (performance.now() > deadline) {
-      throw new Error(`Timed out after ${ms} ms waiting for ${what}`);
-    }
-    await delay(every);
-  }
-}
-
-export function connect(port: number): Promise<Deno.TcpConn> {
-  return Deno.connect({ hostname: HOST, port });
-}
 
 // --- traffic that can be checked ----------------------------------------------------------------
 
@@ -339,7 +311,7 @@ export async function garbageConversation(
 ): Promise<Tally> {
   const sentHash = createHash("sha256");
   const sent: Uint8Array[] = [];
-  const reading = readToEnd(conn);
+  const reading = readBytesToEnd(conn);
   try {
     for (let m = 0; m < options.messages; m++) {
       await options.between?.();
@@ -371,23 +343,6 @@ export async function garbageConversation(
     sentDigest: sentHash.digest("hex"),
     receivedDigest: receivedHash.digest("hex"),
   };
-}
-
-async function readToEnd(conn: Deno.Conn): Promise<Uint8Array> {
-  const parts: Uint8Array[] = [];
-  const buffer = new Uint8Array(64 * 1024);
-  for (let n; (n = await conn.read(buffer)) !== null;) parts.push(buffer.slice(0, n));
-  return concat(parts);
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const all = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
-  let at = 0;
-  for (const part of parts) {
-    all.set(part, at);
-    at += part.length;
-  }
-  return all;
 }
 
 // --- the worst clients ------------------------------------------------------------------------
@@ -495,9 +450,23 @@ export async function fdsOpenedSince(before: FdTable, pid: number = Deno.pid): P
 }
 
 // How many files this process may have open (Deno raises its soft limit to the hard one).
-export async function openFileLimit(): Promise<number> {
-  const text = (await sh("ulimit -n")).trim();
-  return text === "unlimited" ? Infinity : Number(text);
+// This process's soft limit on open files, first raised to `wanted` (or as far towards it as the
+// hard limit allows) where `prlimit` is installed: many systems start a process at 1,024 with a
+// far higher hard limit.
+export async function openFileLimit(wanted = 0): Promise<number> {
+  const [soft, hard] = (await sh("ulimit -Sn; ulimit -Hn")).trim().split("\n").map((text) =>
+    text === "unlimited" ? Infinity : Number(text)
+  );
+  const raised = Math.min(wanted, hard);
+  if (raised <= soft) return soft;
+  const prlimit = new Deno.Command("prlimit", {
+    args: ["--pid", String(Deno.pid), `--nofile=${raised}:`],
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  });
+  const status = await prlimit.output().catch(() => null);
+  return status?.success ? raised : soft;
 }
 
 // Resident memory of a process, in bytes.

@@ -1,5 +1,6 @@
 // Runs the real `server.ts` as a child process, as an operator would, and collects its output
 // line by line so that tests can wait for "Listening on ...", "Connection closed ..." and so on.
+import { within } from "./_net.ts";
 
 const ROOT = new URL("..", import.meta.url);
 const SERVER = new URL("../server.ts", import.meta.url).pathname;
@@ -147,19 +148,6 @@ export async function runServer(args: string[], allowNet = true): Promise<Exit> 
       stdout: lines(output.stdout),
       stderr: lines(output.stderr),
     };
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-// Runs `task`, failing with a clear message if it takes longer than `ms`.
-export async function within<T>(ms: number, what: string, task: () => Promise<T>): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const expired = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`Timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([task(), expired]);
   } finally {
     clearTimeout(timer);
   }

@@ -4,18 +4,17 @@
 // task alone, with empty wait maps and no descriptor left open.
 import assert from "node:assert/strict";
 import { type Operation, read, write } from "../mod.ts";
-import { echoHandler, type Handler, serve, type ServeOptions, type Server } from "../server.ts";
+import { closeQuietly } from "../_close_quietly.ts";
+import { echoHandler } from "../echo.ts";
+import { type Handler, serve, type ServeOptions, type Server } from "../tcp_server.ts";
 import { startServer } from "./_server_process.ts";
 import {
   assertAnsweredExactly,
   assertAtRest,
   assertFdsBackTo,
   childRunning,
-  connect,
-  delay,
   type FdTable,
   garbageConversation,
-  HOST,
   openFds,
   openFileLimit,
   payload,
@@ -25,9 +24,9 @@ import {
   rss,
   stream,
   type Tally,
-  until,
   witnesses,
 } from "./_clients.ts";
+import { connect, delay, HOST, until } from "./_net.ts";
 
 const MB = 1024 * 1024;
 const SEED = 7;
@@ -210,10 +209,14 @@ test("10,000 clients that connect and close in a row leave the server as they fo
   console.log(`    10,000 connect-then-close: ${(elapsed / 1000).toFixed(1)} s`);
 });
 
-test("5,000 clients connected at once are each answered, at one task each", async () => {
-  const clients = 5_000;
-  const limit = await openFileLimit();
-  assert.ok(limit >= 2 * clients + 100, `needs ulimit -n of ${2 * clients + 100}, has ${limit}`);
+// Each client and its server end are open in this one process, with about 100 descriptors
+// to spare. Under a lower limit the test holds as many as fit; holding 10,000 is the
+// benchmark's job.
+test("5,000 clients connected at once (fewer under a lower open-file limit) are each answered, at one task each", async () => {
+  const limit = await openFileLimit(2 * 5_000 + 100);
+  const clients = Math.min(5_000, Math.floor((limit - 100) / 2));
+  assert.ok(clients >= 100, `needs ulimit -n of at least 300, has ${limit}`);
+  if (clients < 5_000) console.log(`    ${clients} clients at once: ulimit -n is ${limit}`);
   const harness = await startHarness();
   const { server, port } = harness;
   const conns: Deno.TcpConn[] = [];
@@ -277,11 +280,7 @@ test("a client that sends 200 MB without reading holds the server's memory flat 
     clearTimeout(giveUp);
     sampling = false;
     await sampler;
-    try {
-      greedy.close();
-    } catch {
-      // Closed by giveUp.
-    }
+    closeQuietly(greedy); // unless giveUp closed it
   }
   const elapsed = performance.now() - started;
 

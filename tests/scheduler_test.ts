@@ -19,7 +19,7 @@ import {
   write,
 } from "../mod.ts";
 import { createTestScheduler, memoryConnPair } from "../testing.ts";
-import { decode, encode, loopback, readText } from "./_loopback.ts";
+import { decode, encode, loopback, readExactly as readText, until } from "./_net.ts";
 
 function quietScheduler(): { scheduler: Scheduler; reported: unknown[] } {
   const reported: unknown[] = [];
@@ -1011,7 +1011,11 @@ Deno.test("a write after a timed-out write goes out after what the abandoned one
 Deno.test("bytes of an abandoned read on a conn nobody reads again are not kept", async () => {
   // 200 abandoned reads of 512 KiB each would hold 100 MiB if the kernel kept them.
   const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--v8-flags=--expose-gc", new URL("./_abandoned_reads.ts", import.meta.url).href],
+    args: [
+      "run",
+      "--v8-flags=--expose-gc",
+      new URL("./scripts/abandoned_reads.ts", import.meta.url).href,
+    ],
   }).output();
   assert.equal(code, 0, decode(stderr));
   const grewMiB = Number(decode(stdout).trim());
@@ -1033,11 +1037,6 @@ Deno.test("a conn left with an abandoned read is closed when run() finishes", as
 });
 
 // --- single-stepping -----------------------------------------------------------------------
-
-async function until(condition: () => boolean): Promise<void> {
-  for (let i = 0; i < 500 && !condition(); i++) await new Promise((r) => setTimeout(r, 2));
-  assert.ok(condition(), "timed out waiting for the condition");
-}
 
 Deno.test("step() runs one task turn at a time; the queue and wait maps show every move", async () => {
   using pair = await loopback();

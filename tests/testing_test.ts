@@ -10,31 +10,9 @@ import {
   wait,
   write,
 } from "../mod.ts";
-import { echoHandler } from "../server.ts";
+import { echoHandler } from "../echo.ts";
 import { createTestScheduler, type MemoryConn, memoryConnPair, VirtualClock } from "../testing.ts";
-
-const encoder = new TextEncoder();
-const decoder = new TextDecoder();
-const encode = (text: string): Uint8Array => encoder.encode(text);
-
-async function readAll(conn: Deno.Conn): Promise<string> {
-  const buffer = new Uint8Array(1024);
-  let text = "";
-  for (let n; (n = await conn.read(buffer)) !== null;) {
-    text += decoder.decode(buffer.subarray(0, n), { stream: true });
-  }
-  return text;
-}
-
-async function readExactly(conn: Deno.Conn, length: number): Promise<string> {
-  const buffer = new Uint8Array(length);
-  for (let got = 0; got < length;) {
-    const n = await conn.read(buffer.subarray(got));
-    assert.notEqual(n, null, `EOF after ${got} of ${length} bytes`);
-    got += n!;
-  }
-  return decoder.decode(buffer);
-}
+import { decode, encode, readExactly, readToEnd } from "./_net.ts";
 
 // Settles now, or never: whether a promise is already settled once pending microtasks ran.
 async function settled(promise: Promise<unknown>): Promise<boolean> {
@@ -94,9 +72,9 @@ Deno.test("read() takes at most its buffer's length and leaves the rest for the 
   await client.write(encode("abcdef"));
   const small = new Uint8Array(4);
   assert.equal(await server.read(small), 4);
-  assert.equal(decoder.decode(small), "abcd");
+  assert.equal(decode(small), "abcd");
   assert.equal(await server.read(small), 2);
-  assert.equal(decoder.decode(small.subarray(0, 2)), "ef");
+  assert.equal(decode(small.subarray(0, 2)), "ef");
   client.close();
   server.close();
 });
@@ -121,13 +99,13 @@ Deno.test("reads and writes that wait are served first come, first served", asyn
   assert.equal(await settled(a), false);
   const rest = new Uint8Array(8);
   assert.equal(await server.read(rest), 2);
-  assert.equal(decoder.decode(rest.subarray(0, 2)), "gh");
+  assert.equal(decode(rest.subarray(0, 2)), "gh");
   assert.equal(await a, 2);
   assert.equal(await settled(b), false);
   assert.equal(await readExactly(server, 2), "xy");
   assert.equal(await b, 1);
   client.close();
-  assert.equal(await readAll(server), "z");
+  assert.equal(await readToEnd(server), "z");
   server.close();
 });
 
@@ -136,7 +114,7 @@ Deno.test("closeWrite() gives the peer EOF after the buffered bytes; the reverse
   await client.write(encode("last words"));
   await client.closeWrite();
   await client.closeWrite();
-  assert.equal(await readAll(server), "last words");
+  assert.equal(await readToEnd(server), "last words");
   assert.equal(await server.read(new Uint8Array(8)), null);
   await server.write(encode("reply"));
   assert.equal(await readExactly(client, 5), "reply");
@@ -178,7 +156,7 @@ Deno.test("close() lets the peer read what was buffered, then EOF; its writes fa
   client.close();
   await assert.rejects(blocked, Deno.errors.BrokenPipe);
   await assert.rejects(server.write(encode("x")), Deno.errors.BrokenPipe);
-  assert.equal(await readAll(server), "bye");
+  assert.equal(await readToEnd(server), "bye");
   server.close();
 });
 
@@ -201,7 +179,7 @@ Deno.test("capacity 0 hands bytes only to a read that is waiting", async () => {
   const buffer = new Uint8Array(2);
   assert.equal(await server.read(buffer), 2);
   assert.equal(await writing, 2);
-  assert.equal(decoder.decode(buffer), "he");
+  assert.equal(decode(buffer), "he");
   const reading = server.read(new Uint8Array(8));
   assert.equal(await client.write(encode("llo")), 3);
   assert.equal(await reading, 3);
@@ -254,7 +232,7 @@ Deno.test("readable and writable carry the same bytes; reaching readable's end c
     await writer.close();
   })();
   const chunks: string[] = [];
-  for await (const chunk of server.readable) chunks.push(decoder.decode(chunk));
+  for await (const chunk of server.readable) chunks.push(decode(chunk));
   await sending;
   assert.equal(chunks.join(""), "streamed bytes");
   assert.equal(client.closed, true);
@@ -491,7 +469,7 @@ Deno.test("VirtualClock.advance() resolves after the tasks it woke have had thei
   await clock.advance(1);
   assert.deepEqual(log, ["woke at 1000", "wrote"]);
   await done;
-  assert.equal(await readAll(client), "late reply");
+  assert.equal(await readToEnd(client), "late reply");
   client.close();
 });
 

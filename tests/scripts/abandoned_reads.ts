@@ -1,7 +1,7 @@
 // Run by tests/scheduler_test.ts with --expose-gc: abandons reads whose bytes arrive after
 // their conn was closed, as a handler cut off by its idle timeout does, and prints by how
 // many MB external memory grew once they were all collected.
-import { cancel, read, Scheduler, sleep } from "../mod.ts";
+import { cancel, read, Scheduler, sleep } from "../../mod.ts";
 
 const ROUNDS = 200;
 const BUFFER_SIZE = 512 * 1024;

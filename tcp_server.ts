@@ -1,0 +1,514 @@
+/**
+ * A TCP server on a genio {@linkcode Scheduler}: {@linkcode tcpServer} is an accept loop
+ * that runs a {@linkcode Handler} for each connection in a task of its own, and
+ * {@linkcode serve} listens, runs that loop with connection limits and idle timeouts, and
+ * shuts it down gracefully. The handler is {@linkcode echoHandler} unless you give one.
+ *
+ * @example A server with a handler of your own
+ * ```ts
+ * import { type Handler, serve } from "@genio/genio/tcp-server";
+ * import { read, write } from "@genio/genio";
+ * import assert from "node:assert/strict";
+ *
+ * // Answers each chunk with its length in bytes, as text.
+ * const lengths: Handler = function* (conn, { bufferSize }) {
+ *   const buffer = new Uint8Array(bufferSize ?? 1024);
+ *   let n: number | null;
+ *   while ((n = yield* read(conn, buffer)) !== null) {
+ *     yield* write(conn, new TextEncoder().encode(`${n}\n`));
+ *   }
+ * };
+ *
+ * await using server = serve({ hostname: "127.0.0.1", port: 0, handler: lengths, onListen() {} });
+ * using client = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
+ * await client.write(new TextEncoder().encode("hello"));
+ * const reply = new Uint8Array(2);
+ * for (let got = 0; got < reply.length;) got += (await client.read(reply.subarray(got)))!;
+ * assert.equal(new TextDecoder().decode(reply), "5\n");
+ * ```
+ *
+ * @module
+ */
+import { closeQuietly } from "./_close_quietly.ts";
+import { describe, formatAddress } from "./_format.ts";
+import {
+  checkBufferSize,
+  checkGrace,
+  checkIdleTimeout,
+  checkMaxConnections,
+  checkPort,
+  DEFAULT_BUFFER_SIZE,
+  DEFAULT_GRACE_MS,
+  DEFAULT_HOSTNAME,
+  DEFAULT_IDLE_TIMEOUT_MS,
+  DEFAULT_MAX_CONNECTIONS,
+  DEFAULT_PORT,
+} from "./_server_options.ts";
+import { echoHandler } from "./echo.ts";
+import { BusyError, Cancelled, TimeoutError } from "./errors.ts";
+import { accept, cancel, join, type Operation, sleep, spawn, timeout, wait } from "./intents.ts";
+import { Scheduler, type Task } from "./scheduler.ts";
+
+// How long the accept loop waits before trying again after a failure that is not one
+// client's (too many open files, say): doubling up to the maximum while the failure lasts,
+// so that the loop neither spins nor floods the log.
+const ACCEPT_RETRY_MS = 100;
+const ACCEPT_RETRY_MAX_MS = 5_000;
+// The default log prints a repeated accept failure at most this often.
+const ACCEPT_LOG_REPEAT_MS = 60_000;
+
+/**
+ * What a connection's handler may honour, as {@linkcode tcpServer} passes it.
+ *
+ * @example
+ * ```ts
+ * import type { HandlerOptions } from "@genio/genio/tcp-server";
+ *
+ * const options: HandlerOptions = { idleTimeout: 30_000, bufferSize: 4096 };
+ * ```
+ */
+export interface HandlerOptions {
+  /**
+   * How long one read or one write may wait, in milliseconds, before the connection is
+   * closed (at most a sixteenth of it later, as with `idleTimeout()`); `0` disables
+   * the limit.
+   *
+   * @default {300_000}
+   */
+  idleTimeout?: number;
+  /**
+   * The size of the read buffer, in bytes: the largest chunk read at once.
+   *
+   * @default {16384}
+   */
+  bufferSize?: number;
+}
+
+/**
+ * A connection's handler: an operation that talks to `conn` until it is done. It runs in
+ * its own task, which owns `conn`: {@linkcode tcpServer} closes it when the handler ends,
+ * even if the handler forgot to.
+ *
+ * @example A handler that greets and hangs up
+ * ```ts
+ * import { type Handler, serve } from "@genio/genio/tcp-server";
+ * import { write } from "@genio/genio";
+ *
+ * const hello: Handler = function* (conn) {
+ *   yield* write(conn, new TextEncoder().encode("hello\n"));
+ * };
+ * const server = serve({ hostname: "127.0.0.1", port: 0, handler: hello, onListen() {} });
+ * await server.shutdown();
+ * ```
+ */
+export type Handler = (conn: Deno.Conn, options: HandlerOptions) => Operation<void>;
+
+/**
+ * Options for {@linkcode tcpServer}: limits, what to pass to each handler, and hooks for
+ * logging.
+ *
+ * @example
+ * ```ts
+ * import type { TcpServerOptions } from "@genio/genio/tcp-server";
+ *
+ * const options: TcpServerOptions = {
+ *   maxConnections: 100,
+ *   onConnect: (addr) => console.log(`Connection from ${addr.hostname}:${addr.port}`),
+ * };
+ * ```
+ */
+export interface TcpServerOptions extends HandlerOptions {
+  /**
+   * The most connections open at once. At the limit the loop stops accepting (newcomers
+   * wait in the kernel's backlog) until a connection ends.
+   *
+   * @default {10_000}
+   */
+  maxConnections?: number;
+  /**
+   * Called when a connection has been accepted, before its handler starts.
+   *
+   * @default {nothing}
+   */
+  onConnect?: (remoteAddr: Deno.NetAddr) => void;
+  /**
+   * Called when a connection has ended and been closed. `error` is why it failed (a
+   * `Cancelled` when the server was stopped), or `undefined` when its handler returned.
+   *
+   * @default {one line on stderr for a failure other than `Cancelled`}
+   */
+  onDisconnect?: (remoteAddr: Deno.NetAddr, error: unknown) => void;
+  /**
+   * Called when `listener.accept()` failed for a reason other than the listener closing,
+   * such as a client that reset before it was accepted. The loop goes on accepting; after
+   * a failure that is not one client's (too many open files), it first waits 100 ms,
+   * doubling up to 5 s while the failure lasts.
+   *
+   * @default {one line on stderr; the same failure again at most once a minute}
+   */
+  onAcceptError?: (error: unknown) => void;
+}
+
+/**
+ * Options for {@linkcode serve}: where to listen (named as in `Deno.serve`), the handler,
+ * its limits, and how to shut down.
+ *
+ * @example
+ * ```ts
+ * import type { ServeOptions } from "@genio/genio/tcp-server";
+ *
+ * const options: ServeOptions = { port: 0, idleTimeout: 60_000, grace: 1_000 };
+ * ```
+ */
+export interface ServeOptions extends TcpServerOptions {
+  /**
+   * The address to listen on. `0.0.0.0` or `::` exposes the server to the network.
+   *
+   * @default {"127.0.0.1"}
+   */
+  hostname?: string;
+  /**
+   * The port to listen on; `0` picks a free one (read it from `addr`).
+   *
+   * @default {25000}
+   */
+  port?: number;
+  /**
+   * Each connection's handler.
+   *
+   * @default {echoHandler}
+   */
+  handler?: Handler;
+  /**
+   * On shutdown, how long open connections may take to finish on their own, in
+   * milliseconds, before they are cancelled.
+   *
+   * @default {5_000}
+   */
+  grace?: number;
+  /** Starts a graceful shutdown when aborted. */
+  signal?: AbortSignal;
+  /**
+   * Called once the listener is bound, with its address.
+   *
+   * @default {prints `Listening on HOST:PORT`}
+   */
+  onListen?: (addr: Deno.NetAddr) => void;
+}
+
+/**
+ * What a graceful shutdown did, as {@linkcode Server.shutdown} reports it.
+ *
+ * @example
+ * ```ts
+ * import type { ShutdownResult } from "@genio/genio/tcp-server";
+ *
+ * const result: ShutdownResult = { drained: 3, cancelled: 1 };
+ * ```
+ */
+export interface ShutdownResult {
+  /** Connections that ended on their own after the shutdown began. */
+  readonly drained: number;
+  /** Connections that were still open when the grace period ran out, and were cancelled. */
+  readonly cancelled: number;
+}
+
+/**
+ * A running server, as returned by {@linkcode serve}. `await using` shuts it down.
+ *
+ * @example
+ * ```ts
+ * import { serve } from "@genio/genio/tcp-server";
+ *
+ * await using server = serve({ hostname: "127.0.0.1", port: 0, onListen() {} });
+ * console.log(`serving on port ${server.addr.port}, ${server.connections} connections`);
+ * ```
+ */
+export interface Server extends AsyncDisposable {
+  /** The address the listener is bound to, with the real port. */
+  readonly addr: Deno.NetAddr;
+  /** The scheduler running the server's tasks, to inspect its queue and wait maps. */
+  readonly scheduler: Scheduler;
+  /** How many connections are open now. */
+  readonly connections: number;
+  /** Settles when the server has stopped: the listener closed and every connection ended. */
+  readonly finished: Promise<void>;
+  /**
+   * Stops the server gracefully: closes the listener at once (new connections are refused),
+   * gives open connections `grace` milliseconds to end on their own, then cancels the rest
+   * (their `finally` blocks run, their conns close). Calling it again returns the same
+   * outcome.
+   *
+   * @returns What the shutdown did, once the server has stopped.
+   */
+  shutdown(): Promise<ShutdownResult>;
+}
+
+/**
+ * Accepts connections on `listener` and runs `handler` for each in a child task of its
+ * own, named `conn <address>`: the `tcp_server` of the classic Python generator echo server,
+ * with limits and logging. The conn is closed when the handler
+ * ends, and a failure (reset by peer, broken pipe, a handler that throws) ends that
+ * connection only.
+ *
+ * Accept failures that belong to one client (it reset before it was accepted) are skipped;
+ * only the listener's closing ends the loop. The operation then waits for its open
+ * connections to end and returns. Cancel its task to stop them at once.
+ *
+ * @param listener Where connections come from. The caller closes it.
+ * @param handler What runs for each connection; {@linkcode echoHandler} if left out.
+ * @param options Limits, handler options and logging hooks.
+ * @throws {RangeError} When an option is out of range.
+ *
+ * @example An accept loop with a hook that counts connections
+ * ```ts
+ * import { tcpServer } from "@genio/genio/tcp-server";
+ * import { echoHandler } from "@genio/genio/echo";
+ * import { Scheduler } from "@genio/genio";
+ * import assert from "node:assert/strict";
+ *
+ * let connections = 0;
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * const scheduler = new Scheduler();
+ * scheduler.spawn(tcpServer(listener, echoHandler, { onConnect: () => connections++ }));
+ * const running = scheduler.run();
+ *
+ * const client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+ * await client.write(new TextEncoder().encode("hi"));
+ * await client.read(new Uint8Array(6));
+ * client.close();
+ * listener.close();
+ * await running;
+ * assert.equal(connections, 1);
+ * ```
+ */
+export function* tcpServer(
+  listener: Deno.Listener,
+  handler?: Handler,
+  options?: TcpServerOptions,
+): Operation<void> {
+  handler ??= echoHandler;
+  const maxConnections = checkMaxConnections(options?.maxConnections ?? DEFAULT_MAX_CONNECTIONS);
+  const handlerOptions: HandlerOptions = {
+    idleTimeout: checkIdleTimeout(options?.idleTimeout ?? DEFAULT_IDLE_TIMEOUT_MS),
+    bufferSize: checkBufferSize(options?.bufferSize ?? DEFAULT_BUFFER_SIZE),
+  };
+  const onConnect = options?.onConnect;
+  const onDisconnect = options?.onDisconnect ?? logDisconnect;
+  const onAcceptError = options?.onAcceptError ?? acceptErrorLog();
+
+  let open = 0;
+  let connectionEnded: PromiseWithResolvers<void> | null = null;
+  const ended = (): void => {
+    open--;
+    connectionEnded?.resolve();
+    connectionEnded = null;
+  };
+  const nextEnd = (): Promise<void> => (connectionEnded ??= Promise.withResolvers()).promise;
+
+  let retryMs = ACCEPT_RETRY_MS;
+  for (;;) {
+    while (open >= maxConnections) yield* wait(nextEnd());
+    let conn: Deno.Conn;
+    try {
+      conn = yield* accept(listener);
+    } catch (error) {
+      if (listenerClosed(error)) break;
+      if (error instanceof Cancelled || error instanceof TimeoutError) throw error;
+      if (error instanceof BusyError) throw error;
+      onAcceptError(error);
+      if (failedBeforeAccept(error)) continue;
+      yield* sleep(retryMs);
+      retryMs = Math.min(retryMs * 2, ACCEPT_RETRY_MAX_MS);
+      continue;
+    }
+    retryMs = ACCEPT_RETRY_MS;
+    open++;
+    const remoteAddr = conn.remoteAddr as Deno.NetAddr;
+    // The handler runs as the connection's task itself, not inside a wrapper that would
+    // resume it through `yield*` on every message: its end is seen by `onSettled`.
+    const disconnected = (_task: unknown, error: unknown): void => {
+      closeQuietly(conn);
+      ended();
+      onDisconnect(remoteAddr, error);
+    };
+    try {
+      onConnect?.(remoteAddr);
+      yield* spawn(handler(conn, handlerOptions), {
+        name: `conn ${formatAddress(remoteAddr)}`,
+        onSettled: disconnected,
+      });
+    } catch (error) {
+      // onConnect threw, or the handler did not give a generator: this connection only.
+      if (error instanceof Cancelled) throw error;
+      disconnected(null, error);
+    }
+  }
+  while (open > 0) yield* wait(nextEnd());
+}
+
+/**
+ * Listens on `hostname:port` and runs {@linkcode tcpServer} with the handler on a new
+ * {@linkcode Scheduler}, until {@linkcode Server.shutdown} or `signal` stops it.
+ *
+ * @param options Where to listen, the handler and its limits, and the shutdown grace; the
+ * echo server on 127.0.0.1:25000 if left out.
+ * @returns The running server.
+ * @throws {Deno.errors.AddrInUse} When the address is taken.
+ * @throws {Deno.errors.NotCapable} Without net permission for the address.
+ * @throws {RangeError} When an option is out of range.
+ *
+ * @example Serving, talking to it, and shutting down
+ * ```ts
+ * import { serve } from "@genio/genio/tcp-server";
+ * import assert from "node:assert/strict";
+ *
+ * const server = serve({ hostname: "127.0.0.1", port: 0, onListen() {} });
+ * const client = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
+ * await client.write(new TextEncoder().encode("hello"));
+ * const reply = new Uint8Array(9);
+ * for (let got = 0; got < reply.length;) got += (await client.read(reply.subarray(got)))!;
+ * assert.equal(new TextDecoder().decode(reply), "GOT:hello");
+ *
+ * client.close();
+ * const { drained, cancelled } = await server.shutdown();
+ * assert.equal(drained + cancelled, 1);
+ * ```
+ *
+ * @example Stopping with an AbortSignal
+ * ```ts
+ * import { serve } from "@genio/genio/tcp-server";
+ *
+ * const controller = new AbortController();
+ * const server = serve({ port: 0, signal: controller.signal, grace: 0, onListen() {} });
+ * controller.abort();
+ * await server.finished;
+ * ```
+ */
+export function serve(options?: ServeOptions): Server {
+  options ??= {};
+  const hostname = options.hostname ?? DEFAULT_HOSTNAME;
+  const port = checkPort(options.port ?? DEFAULT_PORT);
+  const grace = checkGrace(options.grace ?? DEFAULT_GRACE_MS);
+  checkMaxConnections(options.maxConnections ?? DEFAULT_MAX_CONNECTIONS);
+  checkIdleTimeout(options.idleTimeout ?? DEFAULT_IDLE_TIMEOUT_MS);
+  checkBufferSize(options.bufferSize ?? DEFAULT_BUFFER_SIZE);
+  const { signal } = options;
+  const onListen = options.onListen ?? logListening;
+  const onDisconnect = options.onDisconnect ?? logDisconnect;
+
+  let open = 0;
+  let stopping = false;
+  let drained = 0;
+  let cancelled = 0;
+  const serverOptions: TcpServerOptions = {
+    ...options,
+    onConnect(remoteAddr) {
+      open++;
+      options.onConnect?.(remoteAddr);
+    },
+    onDisconnect(remoteAddr, error) {
+      open--;
+      if (stopping) error instanceof Cancelled ? cancelled++ : drained++;
+      onDisconnect(remoteAddr, error);
+    },
+  };
+  const handler = options.handler ?? echoHandler;
+
+  const listener = Deno.listen({ hostname, port, transport: "tcp" });
+  const addr = listener.addr;
+  const scheduler = new Scheduler();
+  let task: Task<void>;
+  try {
+    task = scheduler.spawn(tcpServer(listener, handler, serverOptions), { name: "tcp-server" });
+    onListen(addr);
+  } catch (error) {
+    listener.close();
+    throw error;
+  }
+
+  let stopped = false;
+  const outcome = task.result.catch((error) => {
+    if (!(error instanceof Cancelled)) throw error;
+  });
+  const finished = scheduler.run().then(() => outcome).finally(() => {
+    stopped = true;
+    closeQuietly(listener);
+    signal?.removeEventListener("abort", onAbort);
+  });
+  const shutdown = (): Promise<ShutdownResult> => {
+    if (!stopping) {
+      stopping = true;
+      closeQuietly(listener);
+      if (!stopped) scheduler.spawn(drain(task, grace), { name: "shutdown" });
+    }
+    return finished.then(() => ({ drained, cancelled }));
+  };
+  const onAbort = (): void => void shutdown().catch(() => {});
+  if (signal?.aborted) onAbort();
+  else signal?.addEventListener("abort", onAbort, { once: true });
+
+  return {
+    addr,
+    scheduler,
+    get connections() {
+      return open;
+    },
+    finished,
+    shutdown,
+    async [Symbol.asyncDispose]() {
+      await shutdown();
+    },
+  };
+}
+
+function* drain(server: Task<void>, grace: number): Operation<void> {
+  try {
+    if (grace === Infinity) return yield* join(server);
+    if (grace > 0) return yield* timeout(grace, join(server));
+  } catch (error) {
+    // The server's own failure reaches `finished`; only running out of time matters here.
+    if (!(error instanceof TimeoutError)) return;
+  }
+  yield* cancel(server);
+}
+
+function listenerClosed(error: unknown): boolean {
+  return error instanceof Deno.errors.BadResource || error instanceof Deno.errors.Interrupted;
+}
+
+function failedBeforeAccept(error: unknown): boolean {
+  return error instanceof Deno.errors.NotConnected ||
+    error instanceof Deno.errors.ConnectionReset ||
+    error instanceof Deno.errors.ConnectionAborted;
+}
+
+function logListening(addr: Deno.NetAddr): void {
+  console.log(`Listening on ${formatAddress(addr)}`);
+}
+
+function logDisconnect(remoteAddr: Deno.NetAddr, error: unknown): void {
+  if (error === undefined || error instanceof Cancelled) return;
+  console.error(`Connection ${formatAddress(remoteAddr)} failed: ${describe(error)}`);
+}
+
+// A server out of file descriptors fails every accept for as long as that lasts: one line
+// says so, and the same line again only once a minute, with how often it was left out.
+function acceptErrorLog(): (error: unknown) => void {
+  let last = "";
+  let printedAt = -Infinity;
+  let leftOut = 0;
+  return (error) => {
+    const line = `Accept failed: ${describe(error)}`;
+    const now = performance.now();
+    if (line === last && now - printedAt < ACCEPT_LOG_REPEAT_MS) {
+      leftOut++;
+      return;
+    }
+    const repeats = line === last && leftOut > 0 ? ` (${leftOut} more since)` : "";
+    console.error(line + repeats);
+    last = line;
+    printedAt = now;
+    leftOut = 0;
+  };
+}
