@@ -1,4 +1,5 @@
 import { type Clock, Scheduler, type SchedulerOptions } from "./scheduler.ts";
+import { formatTasks } from "./_task_table.ts";
 
 /** Options for {@linkcode VirtualClock}. */
 export interface VirtualClockOptions {
@@ -265,7 +266,11 @@ export interface TestScheduler {
 
 /**
  * Creates a scheduler whose sleeps and timeouts run on a {@linkcode VirtualClock}, with
- * autojump wired up if asked for.
+ * autojump wired up if asked for. If a test ends while its `run()` is still pending (every
+ * task waits on something that cannot come, such as a conn the test forgot to close), the
+ * scheduler prints its tasks and what each waits on to stderr, under Deno's own "Promise
+ * resolution is still pending". With a plain `Scheduler`, the same list is one line away:
+ * `addEventListener("unload", () => console.table(scheduler.tasks()))`.
  *
  * @param options Autojump, the start time, and the scheduler's `onError`.
  * @returns The scheduler and its clock.
@@ -296,12 +301,31 @@ export interface TestScheduler {
  * client.close();
  * ```
  */
-export function createTestScheduler(options: TestSchedulerOptions = {}): TestScheduler {
-  const { autojump = false, start, ...schedulerOptions } = options;
+export function createTestScheduler(options?: TestSchedulerOptions): TestScheduler {
+  const { autojump = false, start, ...schedulerOptions } = options ?? {};
   const clock = new VirtualClock({ start });
-  const scheduler = new Scheduler({ ...schedulerOptions, clock });
+  const scheduler = new StallReportingScheduler({ ...schedulerOptions, clock });
   if (autojump) clock.autojump(scheduler);
   return { scheduler, clock };
+}
+
+// A test whose run can never finish (every task waits on something that cannot come, such as
+// a conn the test forgot to close) ends with Deno saying only "Promise resolution is still
+// pending". Deno fires `unload` then, so the test scheduler says who waits on what.
+class StallReportingScheduler extends Scheduler {
+  override run(): Promise<void> {
+    const running = super.run();
+    globalThis.addEventListener("unload", this.#explain);
+    running.then(() => globalThis.removeEventListener("unload", this.#explain));
+    return running;
+  }
+
+  #explain = (): void => {
+    console.error(
+      "genio: the test ended with scheduler.run() still pending; its tasks wait on:\n" +
+        formatTasks(this.tasks()),
+    );
+  };
 }
 
 function macrotask(): Promise<void> {

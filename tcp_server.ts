@@ -71,7 +71,9 @@ export interface HandlerOptions {
   /**
    * How long one read or one write may wait, in milliseconds, before the connection is
    * closed (at most a sixteenth of it later, as with `idleTimeout()`); `0` disables
-   * the limit.
+   * the limit. {@linkcode tcpServer} applies it to every handler's task itself, whatever
+   * the handler, and passes `0` here; a handler run by hand (as `echoHandler` may be)
+   * applies what it is given.
    *
    * @default {300_000}
    */
@@ -85,9 +87,12 @@ export interface HandlerOptions {
 }
 
 /**
- * A connection's handler: an operation that talks to `conn` until it is done. It runs in
- * its own task, which owns `conn`: {@linkcode tcpServer} closes it when the handler ends,
- * even if the handler forgot to.
+ * A connection's handler: an operation that talks to `conn` until it is done. Under
+ * {@linkcode tcpServer} (and so {@linkcode serve}) every handler is treated alike: it runs
+ * as the connection's own task, under the server's idle limit (a read or a write that
+ * waits longer ends it with a `TimeoutError`), and `conn` is closed when it ends, even if
+ * the handler forgot to. A handler spawned by hand gets neither: close `conn` in a
+ * `finally`.
  *
  * @example A handler that greets and hangs up
  * ```ts
@@ -289,8 +294,9 @@ export function* tcpServer(
 ): Operation<void> {
   handler ??= echoHandler;
   const maxConnections = checkMaxConnections(options?.maxConnections ?? DEFAULT_MAX_CONNECTIONS);
+  const idleTimeout = checkIdleTimeout(options?.idleTimeout ?? DEFAULT_IDLE_TIMEOUT_MS);
   const handlerOptions: HandlerOptions = {
-    idleTimeout: checkIdleTimeout(options?.idleTimeout ?? DEFAULT_IDLE_TIMEOUT_MS),
+    idleTimeout: 0, // applied to the handler's task below
     bufferSize: checkBufferSize(options?.bufferSize ?? DEFAULT_BUFFER_SIZE),
   };
   const onConnect = options?.onConnect;
@@ -326,7 +332,8 @@ export function* tcpServer(
     open++;
     const remoteAddr = conn.remoteAddr as Deno.NetAddr;
     // The handler runs as the connection's task itself, not inside a wrapper that would
-    // resume it through `yield*` on every message: its end is seen by `onSettled`.
+    // resume it through `yield*` on every message: its idle limit is the task's own, and
+    // its end is seen by `onSettled`.
     const disconnected = (_task: unknown, error: unknown): void => {
       closeQuietly(conn);
       ended();
@@ -337,6 +344,7 @@ export function* tcpServer(
       yield* spawn(handler(conn, handlerOptions), {
         name: `conn ${formatAddress(remoteAddr)}`,
         onSettled: disconnected,
+        idleTimeout,
       });
     } catch (error) {
       // onConnect threw, or the handler did not give a generator: this connection only.

@@ -300,3 +300,32 @@ Deno.test("tcpServer returns once its listener is closed and its connections hav
   await running;
   assert.equal(server.state, "done");
 });
+
+Deno.test("serve() gives every handler the idle limit, and closes its conn when it ends", async () => {
+  const errors: unknown[] = [];
+  // A handler of the user's own: it neither sets a limit nor closes the conn.
+  const silentReader: Handler = function* (conn) {
+    const buffer = new Uint8Array(64);
+    while ((yield* read(conn, buffer)) !== null) {
+      // Reading only: nothing to answer.
+    }
+  };
+  const server = serve({
+    hostname: HOST,
+    port: 0,
+    idleTimeout: 100,
+    handler: silentReader,
+    onListen() {},
+    onDisconnect: (_, error) => errors.push(error),
+  });
+  const conn = await connect(server.addr.port);
+  const start = performance.now();
+  await conn.write(encode("one message, then silence"));
+  assert.equal(await readToEnd(conn), ""); // the server closed it
+  const elapsed = performance.now() - start;
+  assert.ok(elapsed >= 100, `cut after ${elapsed} ms`);
+  assert.equal(errors.length, 1);
+  assert.equal((errors[0] as Error).name, "TimeoutError");
+  conn.close();
+  await server.shutdown();
+});

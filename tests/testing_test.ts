@@ -639,3 +639,16 @@ Deno.test("a handler's stalled write times out in virtual time when the client s
   assert.equal(await handler.result, "stalled at 60000");
   client.close();
 });
+
+Deno.test("a test whose run() can never finish gets the test scheduler's list of who waits on what", async () => {
+  const script = new URL("./scripts/stalled_run.ts", import.meta.url).pathname;
+  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["test", "--no-check", script],
+    env: { NO_COLOR: "1" },
+  }).output();
+  // Deno's test runner passes a test's console output on through its own report.
+  const text = new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr);
+  assert.notEqual(code, 0);
+  assert.match(text, /genio: the test ended with scheduler\.run\(\) still pending/);
+  assert.match(text, /#1 "forgotten" reading conn 127\.0\.0\.1:\d+/);
+});
