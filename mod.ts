@@ -25,5 +25,6 @@
  */
 export * from "./errors.ts";
 export * from "./intents.ts";
+export * from "./proxy_protocol.ts";
 export * from "./scheduler.ts";
 export * from "./server.ts";
