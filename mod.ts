@@ -52,3 +52,4 @@ export * from "./intents.ts";
 export * from "./errors.ts";
 export * from "./tcp_server.ts";
 export * from "./echo.ts";
+export * from "./proxy_protocol.ts";
