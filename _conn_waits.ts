@@ -67,7 +67,9 @@ export class ConnWaits {
     if (this.#unreadCount > 0) {
       const unread = this.#unread.get(conn);
       if (unread !== undefined) {
-        task.value = this.#takeUnread(conn, unread, buffer);
+        const n = this.#takeUnread(conn, unread, buffer);
+        task.bytesRead += n;
+        task.value = n;
         return CONTINUE;
       }
     }
@@ -106,6 +108,7 @@ export class ConnWaits {
       this.#keepUnread(conn, op.buffer.slice(0, n));
       n = this.#takeUnread(conn, this.#unread.get(conn)!, op.target);
     }
+    if (n !== null) task.bytesRead += n;
     this.kernel.resume(task, n);
   }
 
@@ -200,6 +203,7 @@ export class ConnWaits {
     }
     task.io = null;
     op.waiters.writer = null;
+    task.bytesWritten += written;
     if (error !== null) this.kernel.fail(task, error);
     else this.kernel.resume(task, written);
   }

@@ -3,6 +3,7 @@ import type { Operation } from "./intents.ts";
 import type { Scheduler, Task, TaskState } from "./scheduler.ts";
 import type { ConnCall, InFlight } from "./_conn_waits.ts";
 import type { Timer } from "./_timers.ts";
+import type { WaitEntry } from "./_wait_list.ts";
 
 /** What a step sends into a task when it has no error to throw. */
 export const NOTHING: unique symbol = Symbol("nothing");
@@ -22,10 +23,19 @@ export interface Kernel {
   resume(task: TaskImpl, value: unknown): void;
   /** The task's wait failed with `error`, thrown at its yield. */
   fail(task: TaskImpl, error: unknown): void;
+  /**
+   * Like `resume` (or `fail`, when `failed`: `value` is the error), for a wait completed by other code (a task putting into a
+   * queue, or code outside any task setting an event): the task goes on the ready queue and
+   * runs on the scheduler's next turn, never inside the caller.
+   */
+  wake(task: TaskImpl, value: unknown, failed?: boolean): void;
 }
 
 export class TaskImpl<T = unknown> implements Task<T> {
   state: TaskState = "ready";
+  spawnedAt = 0; // on the scheduler's clock
+  bytesRead = 0;
+  bytesWritten = 0;
   waitingOn: unknown = null;
   undo: Undo | null = null; // set while parked in a wait
   // What the next step sends in: a value, or an error to throw at the yield.
@@ -47,7 +57,8 @@ export class TaskImpl<T = unknown> implements Task<T> {
   idleChecking = false; // every idle limit of the task checks often: none to hasten
 
   // Deno calls (see _conn_waits.ts).
-  io: InFlight | null = null; // the call it waits on when reading, writing or accepting
+  io: InFlight | null = null; // the call it waits on when reading, writing or connecting
+  parkedIn: WaitEntry | null = null; // its place in a Queue's, Event's or Semaphore's line
   connCall: ConnCall | null = null; // its read/write record, reused call after call
   waitSeq = 0; // tells a `wait()` whose task stopped waiting from the current one
 

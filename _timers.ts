@@ -63,6 +63,10 @@ export class Timers {
     readonly afterRing: () => void,
   ) {}
 
+  get size(): number {
+    return this.#heap.size;
+  }
+
   sleep(task: TaskImpl, ms: number): number {
     const at = this.clock.now() + ms;
     if (ms !== Infinity) task.sleepTimer = this.#add(this.#entry(task, "sleep", at, ms));

@@ -125,6 +125,31 @@ export interface WaitIntent {
   readonly promise: PromiseLike<unknown>;
 }
 
+/** Ask for an outbound connection. See {@linkcode connect} and {@linkcode connectTls}. */
+export interface ConnectIntent {
+  /** Discriminant. */
+  readonly type: "connect";
+  /** Where to connect, as `Deno.connect` or `Deno.connectTls` takes it. */
+  readonly options: Deno.ConnectOptions | Deno.UnixConnectOptions | Deno.ConnectTlsOptions;
+  /** Connect with TLS (`Deno.connectTls`). */
+  readonly tls?: boolean;
+}
+
+/**
+ * Wait in the line of a synchronisation object (a `Queue`, an `Event`, a `Semaphore`).
+ * Their operations yield it; it is not meant to be written by hand.
+ */
+export interface ParkIntent {
+  /** Discriminant. */
+  readonly type: "park";
+  /** The object the task waits on, as `tasks()` shows it. */
+  readonly on: object;
+  /** The object's line of waiting tasks (internal to genio). */
+  readonly list: object;
+  /** What the task brings to the line, such as the item of a `put` waiting for room. */
+  readonly data?: unknown;
+}
+
 /**
  * Start a time limit on the current task; answered with a {@linkcode Deadline}. Used by
  * {@linkcode timeout} and {@linkcode idleTimeout}.
@@ -180,6 +205,8 @@ export type Intent =
   | JoinIntent
   | CancelIntent
   | WaitIntent
+  | ConnectIntent
+  | ParkIntent
   | DeadlineIntent
   | ClearDeadlineIntent;
 
@@ -475,6 +502,80 @@ export function* cancel(task: Task<unknown>): Operation<void> {
  */
 export function* wait<T>(promise: PromiseLike<T>): Operation<T> {
   return (yield { type: "wait", promise }) as T;
+}
+
+/**
+ * Opens an outbound connection: TCP (`hostname` defaults to `127.0.0.1`) or, with
+ * `{ path, transport: "unix" }`, a Unix socket. The connect is a wait like any other: it
+ * shows in `tasks()` as `connecting`, and a cancel or a `timeout()` around it ends it; a conn
+ * that arrives after its task stopped waiting is closed by the kernel. A refused connection
+ * throws Deno's `ConnectionRefused` at the `yield*`.
+ *
+ * @param options Where to connect, as `Deno.connect` takes it.
+ * @returns The new conn.
+ * @throws {Deno.errors.ConnectionRefused} When nothing listens there.
+ *
+ * @example A client with a time limit per request
+ * ```ts
+ * import { connect, read, Scheduler, timeout, write } from "@genio/genio";
+ * import { echoHandler, tcpServer } from "@genio/genio/server";
+ * import assert from "node:assert/strict";
+ *
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * const scheduler = new Scheduler();
+ * const server = scheduler.spawn(tcpServer(listener, echoHandler));
+ * const client = scheduler.spawn(function* () {
+ *   const conn = yield* timeout(1_000, connect({ port: listener.addr.port }));
+ *   try {
+ *     yield* write(conn, new TextEncoder().encode("ping"));
+ *     const reply = new Uint8Array(8);
+ *     const n = yield* timeout(1_000, read(conn, reply));
+ *     return new TextDecoder().decode(reply.subarray(0, n ?? 0));
+ *   } finally {
+ *     conn.close();
+ *     listener.close(); // the server ends once its connection has
+ *   }
+ * }());
+ * await scheduler.run();
+ * assert.equal(await client.result, "GOT:ping");
+ * assert.equal(server.state, "done");
+ * ```
+ */
+export function connect(options: Deno.ConnectOptions): Operation<Deno.TcpConn>;
+/**
+ * Opens a Unix-socket connection.
+ *
+ * @param options The socket's path, with `transport: "unix"`.
+ * @returns The new conn.
+ */
+export function connect(options: Deno.UnixConnectOptions): Operation<Deno.UnixConn>;
+export function* connect(
+  options: Deno.ConnectOptions | Deno.UnixConnectOptions,
+): Operation<Deno.Conn> {
+  return (yield { type: "connect", options }) as Deno.Conn;
+}
+
+/**
+ * Opens a TLS connection, as `Deno.connectTls` does (`hostname` defaults to `127.0.0.1`;
+ * `caCerts` adds trusted certificates, `alpnProtocols` offers protocols), as a wait like
+ * {@linkcode connect}'s.
+ *
+ * @param options Where to connect, and the TLS options.
+ * @returns The new TLS conn, its handshake started.
+ * @throws {Deno.errors.ConnectionRefused} When nothing listens there.
+ *
+ * @example Connecting to a TLS server
+ * ```ts ignore
+ * import { connectTls, Scheduler } from "@genio/genio";
+ *
+ * const scheduler = new Scheduler();
+ * const task = scheduler.spawn(connectTls({ hostname: "example.com", port: 443 }));
+ * await scheduler.run();
+ * (await task.result).close();
+ * ```
+ */
+export function* connectTls(options: Deno.ConnectTlsOptions): Operation<Deno.TlsConn> {
+  return (yield { type: "connect", options, tls: true }) as Deno.TlsConn;
 }
 
 /**

@@ -35,10 +35,12 @@
  * @module
  */
 import { AcceptWaits } from "./_accept_waits.ts";
+import { ConnectWaits } from "./_connect_waits.ts";
 import { ConnWaits } from "./_conn_waits.ts";
 import { Deque } from "./_deque.ts";
 import { BLOCKED, CONTINUE, type Kernel, NOTHING, TaskImpl, type Undo } from "./_task.ts";
 import { outermostExpired, type Timer, Timers } from "./_timers.ts";
+import { ParkWaits } from "./_wait_list.ts";
 import { Cancelled, TimeoutError } from "./errors.ts";
 import type {
   CancelIntent,
@@ -69,6 +71,7 @@ export type TaskState =
   | "reading"
   | "writing"
   | "accepting"
+  | "connecting"
   | "sleeping"
   | "joining"
   | "waiting"
@@ -127,7 +130,17 @@ export interface Task<T = unknown> {
  * ```ts
  * import type { TaskInfo } from "@genio/genio";
  *
- * const info: TaskInfo = { id: 1, name: "main", state: "sleeping", waitingOn: 1500, parent: null };
+ * const info: TaskInfo = {
+ *   id: 1,
+ *   name: "main",
+ *   state: "sleeping",
+ *   waitingOn: 1500,
+ *   parent: null,
+ *   spawnedAt: 500,
+ *   deadline: 1500,
+ *   bytesRead: 0,
+ *   bytesWritten: 0,
+ * };
  * ```
  */
 export interface TaskInfo {
@@ -141,6 +154,44 @@ export interface TaskInfo {
   readonly waitingOn: unknown;
   /** The parent's id, or `null`. */
   readonly parent: number | null;
+  /** When it was spawned, on the scheduler's clock (milliseconds). */
+  readonly spawnedAt: number;
+  /**
+   * When its nearest time limit or sleep runs out, on the scheduler's clock, or `null`
+   * when none is set. An idle limit's moves on as the task's waits complete.
+   */
+  readonly deadline: number | null;
+  /** Bytes its reads have returned so far. */
+  readonly bytesRead: number;
+  /** Bytes its writes have written so far. */
+  readonly bytesWritten: number;
+}
+
+/**
+ * Figures about a scheduler at one moment, as returned by {@linkcode Scheduler.stats}: what a
+ * monitor or a metrics page shows.
+ *
+ * @example
+ * ```ts
+ * import type { SchedulerStats } from "@genio/genio";
+ *
+ * const stats: SchedulerStats = {
+ *   tasks: 3,
+ *   byState: { reading: 2, accepting: 1 },
+ *   ready: 0,
+ *   timers: 2,
+ * };
+ * ```
+ */
+export interface SchedulerStats {
+  /** Live tasks. */
+  readonly tasks: number;
+  /** Live tasks by state; states with none are left out. */
+  readonly byState: Readonly<Partial<Record<TaskState, number>>>;
+  /** The ready queue's length. */
+  readonly ready: number;
+  /** Entries in the timer heap: sleeps, time limits, and cleared limits kept for reuse. */
+  readonly timers: number;
 }
 
 /**
@@ -251,6 +302,7 @@ export class Scheduler {
   #tasks = new Set<TaskImpl>();
   #conns: ConnWaits;
   #accepts: AcceptWaits;
+  #connects: ConnectWaits;
   #timers: Timers;
   // Every type of intent and what it does: a new kind of wait is one more line here.
   #intents: ReadonlyMap<unknown, IntentKind>;
@@ -275,9 +327,12 @@ export class Scheduler {
       park: (task, state, on, undo) => this.#park(task, state, on, undo),
       resume: (task, value) => this.#resume(task, value),
       fail: (task, error) => this.#fail(task, error),
+      wake: (task, value, failed) => this.#wakeLater(task, value, failed),
     };
     this.#conns = new ConnWaits(kernel);
     this.#accepts = new AcceptWaits(kernel);
+    this.#connects = new ConnectWaits(kernel);
+    const parks = new ParkWaits(kernel);
     this.#timers = new Timers(options.clock ?? REAL_CLOCK, this.#expire, this.#wake);
     this.#intents = new Map<Intent["type"], IntentKind>([
       ["read", blocking(this.#conns.read)],
@@ -287,6 +342,8 @@ export class Scheduler {
       ["join", blocking(this.#join)],
       ["cancel", blocking(this.#cancel)],
       ["wait", blocking(this.#wait)],
+      ["connect", blocking(this.#connects.connect)],
+      ["park", blocking(parks.park)],
       ["spawn", immediate(this.#spawnChild)],
       ["deadline", immediate(this.#setLimit)],
       ["clear-deadline", immediate(this.#clearLimit)],
@@ -345,7 +402,49 @@ export class Scheduler {
       state: task.state,
       waitingOn: task.waitingOn,
       parent: task.parent?.id ?? null,
+      spawnedAt: task.spawnedAt,
+      deadline: nearestDeadline(task),
+      bytesRead: task.bytesRead,
+      bytesWritten: task.bytesWritten,
     }));
+  }
+
+  /**
+   * Counts of what the scheduler holds now, for a monitor or a metrics page. It walks the
+   * live tasks once.
+   *
+   * @returns The figures.
+   *
+   * @example Tasks by state
+   * ```ts
+   * import { Scheduler, sleep } from "@genio/genio";
+   * import assert from "node:assert/strict";
+   *
+   * const scheduler = new Scheduler();
+   * scheduler.spawn(sleep(5));
+   * scheduler.spawn(sleep(5));
+   * assert.deepEqual(scheduler.stats(), { tasks: 2, byState: { ready: 2 }, ready: 2, timers: 0 });
+   * await scheduler.run();
+   * ```
+   */
+  stats(): SchedulerStats {
+    const byState: Partial<Record<TaskState, number>> = {};
+    for (const task of this.#tasks) byState[task.state] = (byState[task.state] ?? 0) + 1;
+    return {
+      tasks: this.#tasks.size,
+      byState,
+      ready: this.#ready.length,
+      timers: this.#timers.size,
+    };
+  }
+
+  /**
+   * The time on the scheduler's clock, the one `TaskInfo.spawnedAt` and `deadline` use.
+   *
+   * @returns The time now, in milliseconds.
+   */
+  now(): number {
+    return this.#timers.clock.now();
   }
 
   /**
@@ -362,10 +461,7 @@ export class Scheduler {
    */
   spawn<T>(operation: Operation<T>, options?: SpawnOptions): Task<T> {
     const task = this.#spawn(operation, options ?? {}, null);
-    if (this.#running !== null && !this.#looping && !this.#loopQueued) {
-      this.#loopQueued = true;
-      queueMicrotask(this.#queuedLoop);
-    }
+    this.#queueLoop();
     return task;
   }
 
@@ -565,6 +661,21 @@ export class Scheduler {
     this.#wake();
   }
 
+  // A wait completed by code that may be outside any task: the task runs on the next turn.
+  #wakeLater(task: TaskImpl, value: unknown, failed = false): void {
+    if (failed) task.error = value;
+    else task.value = value;
+    if (task.idleLimits > 0) this.#timers.noteWait(task);
+    this.#enqueue(task);
+    this.#queueLoop();
+  }
+
+  #queueLoop(): void {
+    if (this.#running === null || this.#looping || this.#loopQueued) return;
+    this.#loopQueued = true;
+    queueMicrotask(this.#queuedLoop);
+  }
+
   // --- cancellation and time limits ---------------------------------------------------
 
   // Delivers a pending cancellation (first) or a time limit that ran out as the error the
@@ -665,6 +776,7 @@ export class Scheduler {
       throw new RangeError(`Cannot spawn: idleTimeout must be >= 0, got "${idleTimeout}"`);
     }
     const task = new TaskImpl<T>(this, this.#nextId++, operation, parent, name);
+    task.spawnedAt = this.#timers.clock.now();
     if (onSettled !== undefined) {
       task.onSettled = onSettled;
       task.observed = true;
@@ -809,11 +921,19 @@ export class Scheduler {
     this.#timers.stop();
     if (this.#sliceTimer !== null) clearTimeout(this.#sliceTimer);
     this.#sliceTimer = null;
-    const pending = [...this.#conns.stop(), ...this.#accepts.stop()];
+    const pending = [...this.#conns.stop(), ...this.#accepts.stop(), ...this.#connects.stop()];
     if (running === null) return;
     if (pending.length === 0) return running.resolve();
     Promise.allSettled(pending).then(() => running.resolve());
   }
+}
+
+function nearestDeadline(task: TaskImpl): number | null {
+  let nearest = task.sleepTimer?.at ?? Infinity;
+  for (let limit = task.limits; limit !== null; limit = limit.outer) {
+    if (limit.at < nearest) nearest = limit.at;
+  }
+  return nearest === Infinity ? null : nearest;
 }
 
 function throwInto(task: TaskImpl, error: unknown): boolean {
