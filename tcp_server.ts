@@ -31,6 +31,7 @@
  */
 import { closeQuietly } from "./_close_quietly.ts";
 import { describe, formatAddress } from "./_format.ts";
+import { acceptProxied } from "./_proxied_conn.ts";
 import {
   checkBufferSize,
   checkGrace,
@@ -47,6 +48,7 @@ import {
 import { echoHandler } from "./echo.ts";
 import { BusyError, Cancelled, TimeoutError } from "./errors.ts";
 import { accept, cancel, join, type Operation, sleep, spawn, timeout, wait } from "./intents.ts";
+import { ProxyHeaderError } from "./proxy_protocol.ts";
 import { Scheduler, type Task } from "./scheduler.ts";
 
 // How long the accept loop waits before trying again after a failure that is not one
@@ -56,6 +58,8 @@ const ACCEPT_RETRY_MS = 100;
 const ACCEPT_RETRY_MAX_MS = 5_000;
 // The default log prints a repeated accept failure at most this often.
 const ACCEPT_LOG_REPEAT_MS = 60_000;
+// The longest a PROXY protocol header may take to arrive, unless the idle limit is shorter.
+const PROXY_HEADER_TIMEOUT_MS = 5_000;
 
 /**
  * What a connection's handler may honour, as {@linkcode tcpServer} passes it.
@@ -149,9 +153,33 @@ export interface TcpServerOptions extends HandlerOptions {
    * a failure that is not one client's (too many open files), it first waits 100 ms,
    * doubling up to 5 s while the failure lasts.
    *
-   * @default {one line on stderr; the same failure again at most once a minute}
+   * @default {one line on stderr; the same failure again at most once a minute; with
+   * `proxyProtocol`, nothing for a client that reset before it was accepted}
    */
   onAcceptError?: (error: unknown) => void;
+  /**
+   * Whether every connection begins with a PROXY protocol header, v1 or v2, as a load
+   * balancer such as HAProxy writes it (`send-proxy`, `send-proxy-v2`). The header is read
+   * in the connection's task (within 5 s, or `idleTimeout` if shorter) before anything
+   * else: the handler, `onConnect` and `onDisconnect` then see the client's own address as
+   * the conn's `remoteAddr`, and the handler reads the data that followed the header,
+   * none of it lost. A connection whose header is invalid, cut short or late is closed
+   * and reported to `onProxyError`, and never reaches the handler; a v2 `LOCAL` header
+   * (the balancer's health check), or a connection that ends or resets before sending a
+   * byte, is closed quietly. Turn it on only behind a balancer you trust, and let nobody
+   * else reach the server: whoever can connect to it can claim any address.
+   *
+   * @default {false}
+   */
+  proxyProtocol?: boolean;
+  /**
+   * With `proxyProtocol`, called when a connection is closed for its header: a
+   * `ProxyHeaderError` (invalid, oversized, truncated) or a `TimeoutError` (late).
+   * `remoteAddr` is the conn's own peer: the balancer, or whoever connected.
+   *
+   * @default {one line on stderr}
+   */
+  onProxyError?: (remoteAddr: Deno.NetAddr, error: unknown) => void;
 }
 
 /**
@@ -178,6 +206,14 @@ export interface ServeOptions extends TcpServerOptions {
    * @default {25000}
    */
   port?: number;
+  /**
+   * Whether to set `SO_REUSEPORT` on the listener, so that several servers (in workers
+   * or processes) listen on the same address and port and the OS spreads new connections
+   * over them. Linux only (elsewhere Deno ignores it); needs Deno's `--unstable-net` flag.
+   *
+   * @default {false}
+   */
+  reusePort?: boolean;
   /**
    * Each connection's handler.
    *
@@ -292,7 +328,7 @@ export function* tcpServer(
   handler?: Handler,
   options?: TcpServerOptions,
 ): Operation<void> {
-  handler ??= echoHandler;
+  const handle = handler ?? echoHandler;
   const maxConnections = checkMaxConnections(options?.maxConnections ?? DEFAULT_MAX_CONNECTIONS);
   const idleTimeout = checkIdleTimeout(options?.idleTimeout ?? DEFAULT_IDLE_TIMEOUT_MS);
   const handlerOptions: HandlerOptions = {
@@ -301,7 +337,12 @@ export function* tcpServer(
   };
   const onConnect = options?.onConnect;
   const onDisconnect = options?.onDisconnect ?? logDisconnect;
-  const onAcceptError = options?.onAcceptError ?? acceptErrorLog();
+  const proxyProtocol = options?.proxyProtocol ?? false;
+  const onAcceptError = options?.onAcceptError ?? acceptErrorLog(proxyProtocol);
+  const onProxyError = options?.onProxyError ?? logProxyError;
+  const headerTimeout = idleTimeout > 0
+    ? Math.min(PROXY_HEADER_TIMEOUT_MS, idleTimeout)
+    : PROXY_HEADER_TIMEOUT_MS;
 
   let open = 0;
   let connectionEnded: PromiseWithResolvers<void> | null = null;
@@ -330,18 +371,34 @@ export function* tcpServer(
     }
     retryMs = ACCEPT_RETRY_MS;
     open++;
+    if (proxyProtocol) {
+      const accepted = conn;
+      yield* spawn(proxied(accepted), {
+        name: `proxy ${formatAddress(accepted.remoteAddr as Deno.NetAddr)}`,
+        onSettled() {
+          closeQuietly(accepted);
+          ended();
+        },
+      });
+    } else {
+      yield* start(conn, ended);
+    }
+  }
+  while (open > 0) yield* wait(nextEnd());
+
+  // Runs the handler as the connection's task itself, not inside a wrapper that would
+  // resume it through `yield*` on every message: its idle limit is the task's own, and its
+  // end is seen by `onSettled`.
+  function* start(conn: Deno.Conn, release: () => void): Operation<Task<void> | null> {
     const remoteAddr = conn.remoteAddr as Deno.NetAddr;
-    // The handler runs as the connection's task itself, not inside a wrapper that would
-    // resume it through `yield*` on every message: its idle limit is the task's own, and
-    // its end is seen by `onSettled`.
     const disconnected = (_task: unknown, error: unknown): void => {
       closeQuietly(conn);
-      ended();
+      release();
       onDisconnect(remoteAddr, error);
     };
     try {
       onConnect?.(remoteAddr);
-      yield* spawn(handler(conn, handlerOptions), {
+      return yield* spawn(handle(conn, handlerOptions), {
         name: `conn ${formatAddress(remoteAddr)}`,
         onSettled: disconnected,
         idleTimeout,
@@ -350,9 +407,32 @@ export function* tcpServer(
       // onConnect threw, or the handler did not give a generator: this connection only.
       if (error instanceof Cancelled) throw error;
       disconnected(null, error);
+      return null;
     }
   }
-  while (open > 0) yield* wait(nextEnd());
+
+  // Reads the PROXY protocol header, then starts the handler as a child task and waits for
+  // it: the handler reads its conn directly, so once the header is read this task costs
+  // nothing per message. The conn counts towards maxConnections from its accept on.
+  function* proxied(conn: Deno.Conn): Operation<void> {
+    let client;
+    try {
+      client = yield* acceptProxied(conn, headerTimeout);
+    } catch (error) {
+      if (error instanceof Cancelled) throw error;
+      if (!sentNothing(error)) onProxyError(conn.remoteAddr as Deno.NetAddr, error);
+      return;
+    }
+    if (client === null) return; // LOCAL: the balancer's health check
+    const task = yield* start(client, () => {});
+    if (task === null) return;
+    try {
+      yield* join(task);
+    } catch (error) {
+      // The handler's own onSettled has reported its failure.
+      if (error instanceof Cancelled) throw error;
+    }
+  }
 }
 
 /**
@@ -423,7 +503,7 @@ export function serve(options?: ServeOptions): Server {
   };
   const handler = options.handler ?? echoHandler;
 
-  const listener = Deno.listen({ hostname, port, transport: "tcp" });
+  const listener = Deno.listen({ hostname, port, transport: "tcp", reusePort: options.reusePort });
   const addr = listener.addr;
   const scheduler = new Scheduler();
   let task: Task<void>;
@@ -485,6 +565,15 @@ function listenerClosed(error: unknown): boolean {
   return error instanceof Deno.errors.BadResource || error instanceof Deno.errors.Interrupted;
 }
 
+// A connection that ended or reset before it sent a byte of its header, as TCP health checks
+// and port scanners do, is closed quietly.
+function sentNothing(error: unknown): boolean {
+  if (error instanceof ProxyHeaderError) {
+    return error.reason === "truncated" && error.received === 0;
+  }
+  return failedBeforeAccept(error);
+}
+
 function failedBeforeAccept(error: unknown): boolean {
   return error instanceof Deno.errors.NotConnected ||
     error instanceof Deno.errors.ConnectionReset ||
@@ -500,13 +589,25 @@ function logDisconnect(remoteAddr: Deno.NetAddr, error: unknown): void {
   console.error(`Connection ${formatAddress(remoteAddr)} failed: ${describe(error)}`);
 }
 
+function logProxyError(remoteAddr: Deno.NetAddr, error: unknown): void {
+  const why = error instanceof TimeoutError
+    ? `no PROXY protocol header within ${error.ms / 1000} s`
+    : error instanceof ProxyHeaderError
+    ? error.message
+    : describe(error);
+  console.error(`Connection ${formatAddress(remoteAddr)} refused: ${why}`);
+}
+
 // A server out of file descriptors fails every accept for as long as that lasts: one line
 // says so, and the same line again only once a minute, with how often it was left out.
-function acceptErrorLog(): (error: unknown) => void {
+// Behind a balancer, a client that reset before it was accepted is its health check (HAProxy
+// sends a LOCAL header and resets at once): expected, so not printed.
+function acceptErrorLog(proxyProtocol: boolean): (error: unknown) => void {
   let last = "";
   let printedAt = -Infinity;
   let leftOut = 0;
   return (error) => {
+    if (proxyProtocol && failedBeforeAccept(error)) return;
     const line = `Accept failed: ${describe(error)}`;
     const now = performance.now();
     if (line === last && now - printedAt < ACCEPT_LOG_REPEAT_MS) {
