@@ -35,6 +35,7 @@
  */
 import { parseArgs } from "node:util";
 import { describe, formatAddress } from "./_format.ts";
+import { inWorker, parseWorkers, serveInWorker, startWorkers } from "./_workers.ts";
 import {
   DEFAULT_BUFFER_SIZE,
   DEFAULT_GRACE_MS,
@@ -46,7 +47,7 @@ import {
 } from "./_server_options.ts";
 import denoJson from "./deno.json" with { type: "json" };
 import { Cancelled, TimeoutError } from "./errors.ts";
-import { serve, type Server, type ShutdownResult } from "./tcp_server.ts";
+import { serve, type ServeOptions, type Server, type ShutdownResult } from "./tcp_server.ts";
 
 export * from "./echo.ts";
 export * from "./tcp_server.ts";
@@ -69,6 +70,12 @@ Options:
       --grace <s>            On SIGINT/SIGTERM, time open connections get to finish
                              before they are closed (default ${DEFAULT_GRACE_MS / 1000})
       --buffer-size <bytes>  Largest chunk read and answered at once (default ${DEFAULT_BUFFER_SIZE})
+      --workers <n|auto>     Schedulers, one per Web Worker, each listening on the address
+                             (SO_REUSEPORT, Linux); auto: one per CPU (default 1). Above 1
+                             needs deno run --allow-read --unstable-net; limits are per worker
+      --proxy-protocol       Every connection begins with a PROXY protocol header (v1 or v2,
+                             as HAProxy's send-proxy writes it) naming the client: only
+                             behind a trusted load balancer
   -q, --quiet                Do not print a line per connection opened and closed
   -h, --help                 Print this help and exit
   -V, --version              Print the version and exit
@@ -92,6 +99,8 @@ interface CommandLine {
   idleTimeout: number;
   grace: number;
   bufferSize: number;
+  workers: number;
+  proxyProtocol: boolean;
 }
 
 const VALUE_FLAGS: readonly string[] = [
@@ -102,6 +111,7 @@ const VALUE_FLAGS: readonly string[] = [
   "--idle-timeout",
   "--grace",
   "--buffer-size",
+  "--workers",
 ];
 
 function parseCommandLine(args: readonly string[]): CommandLine {
@@ -127,6 +137,8 @@ function parseCommandLine(args: readonly string[]): CommandLine {
         "idle-timeout": { type: "string" },
         grace: { type: "string" },
         "buffer-size": { type: "string" },
+        workers: { type: "string" },
+        "proxy-protocol": { type: "boolean" },
         quiet: { type: "boolean", short: "q" },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "V" },
@@ -138,6 +150,8 @@ function parseCommandLine(args: readonly string[]): CommandLine {
   }
   const hostname = values.hostname ?? DEFAULT_HOSTNAME;
   if (hostname === "") throw new UsageError(`--hostname must not be empty`);
+  const workers = parseWorkers(values.workers);
+  if (typeof workers === "string") throw new UsageError(workers);
   return {
     help: values.help ?? false,
     version: values.version ?? false,
@@ -160,6 +174,8 @@ function parseCommandLine(args: readonly string[]): CommandLine {
       1,
       MAX_BUFFER_SIZE,
     ),
+    workers,
+    proxyProtocol: values["proxy-protocol"] ?? false,
   };
 }
 
@@ -221,23 +237,27 @@ async function main(args: readonly string[]): Promise<number> {
 
   // Listen for signals before the listener exists, so that none can arrive unhandled
   // between the "Listening on" line and the first shutdown.
-  let server: Server | undefined;
-  let stopping: Promise<ShutdownResult> | undefined;
+  let server: Pick<Server, "finished" | "shutdown"> | undefined;
+  let stopping: Promise<ShutdownResult> | null | undefined;
   const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
   const listeners = signals.map((signal) => {
     const listener = () => {
       if (stopping !== undefined) Deno.exit(signal === "SIGINT" ? 130 : 143);
-      stopping = server?.shutdown();
+      stopping = server?.shutdown() ?? null;
       stopping?.catch(() => {}); // a failure reaches `finished`, reported below
     };
     Deno.addSignalListener(signal, listener);
     return () => Deno.removeSignalListener(signal, listener);
   });
   try {
-    server = startServer(options);
+    server = options.workers > 1
+      ? await startWorkers(new URL(import.meta.url), options.workers, options)
+      : startServer(options);
     if (server === undefined) return 1;
+    // A signal that came while the workers were starting.
+    if (stopping === null) stopping = server.shutdown();
     await server.finished;
-    if (stopping !== undefined) {
+    if (stopping) {
       const { drained, cancelled } = await stopping;
       console.log(`Shut down: ${plural(drained, "connection")} drained, ${cancelled} cancelled`);
     }
@@ -250,13 +270,17 @@ async function main(args: readonly string[]): Promise<number> {
   }
 }
 
-function startServer(options: CommandLine): Server | undefined {
+// `extra`, from a worker: its port, reusePort, and hooks that report to the main thread.
+function startServer(options: CommandLine, extra?: ServeOptions): Server | undefined {
   const { quiet, idleTimeout } = options;
+  const counted = extra?.onConnect;
   try {
     // serve()'s own onListen prints the "Listening on HOST:PORT" line.
     return serve({
       ...options,
-      onConnect: quiet ? undefined : (remoteAddr) => {
+      ...extra,
+      onConnect: quiet ? counted : (remoteAddr) => {
+        counted?.(remoteAddr);
         console.log(`Connection from ${formatAddress(remoteAddr)}`);
       },
       onDisconnect(remoteAddr, error) {
@@ -270,11 +294,12 @@ function startServer(options: CommandLine): Server | undefined {
       },
     });
   } catch (error) {
-    const { hostname, port } = options;
+    const { hostname, port } = { ...options, ...extra };
     const address = formatAddress({ transport: "tcp", hostname, port });
     console.error(`error: Cannot listen on ${address}: ${whyNotListening(error)}`);
     return undefined;
   }
 }
 
-if (import.meta.main) Deno.exit(await main(Deno.args));
+if (import.meta.main && inWorker()) serveInWorker(startServer);
+else if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -76,15 +76,22 @@ export interface ServerProcess extends AsyncDisposable {
   exited(): Promise<Exit>;
 }
 
+// How to run it beyond `--allow-net`: more flags for `deno run` (`--unstable-net` ...), and
+// environment variables.
+export interface RunOptions {
+  deno?: string[];
+  env?: Record<string, string>;
+}
+
 // Starts `deno run --allow-net server.ts ARGS` and waits for its "Listening on" line.
-export async function startServer(args: string[]): Promise<ServerProcess> {
+export async function startServer(args: string[], run: RunOptions = {}): Promise<ServerProcess> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-net", SERVER, ...args],
+    args: ["run", "--allow-net", ...run.deno ?? [], SERVER, ...args],
     cwd: ROOT,
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
-    env: { NO_COLOR: "1" },
+    env: { NO_COLOR: "1", ...run.env },
   }).spawn();
   const stdout = new Lines(child.stdout);
   const stderr = new Lines(child.stderr);
@@ -129,15 +136,19 @@ export async function startServer(args: string[]): Promise<ServerProcess> {
 }
 
 // Runs `deno run [--allow-net] server.ts ARGS` to completion, for the flags that exit at once.
-export async function runServer(args: string[], allowNet = true): Promise<Exit> {
+export async function runServer(
+  args: string[],
+  allowNet = true,
+  run: RunOptions = {},
+): Promise<Exit> {
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(), EXIT_MS);
   try {
     const output = await new Deno.Command(Deno.execPath(), {
-      args: ["run", ...(allowNet ? ["--allow-net"] : []), SERVER, ...args],
+      args: ["run", ...(allowNet ? ["--allow-net"] : []), ...run.deno ?? [], SERVER, ...args],
       cwd: ROOT,
       stdin: "null",
-      env: { NO_COLOR: "1" },
+      env: { NO_COLOR: "1", ...run.env },
       signal: controller.signal,
     }).output();
     const lines = (bytes: Uint8Array) =>

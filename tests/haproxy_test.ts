@@ -17,7 +17,9 @@ import {
   write,
 } from "../mod.ts";
 import { closeQuietly } from "../_close_quietly.ts";
-import { decode, encode, within } from "./_net.ts";
+import { decode, delay, encode, readExactly, readToEnd, within } from "./_net.ts";
+import { type ServerProcess, startServer } from "./_server_process.ts";
+import { assertAnsweredExactly, Random, stream } from "./_clients.ts";
 
 const CONFIG = new URL("../deploy/haproxy.cfg", import.meta.url);
 const HOST = "127.0.0.1";
@@ -128,6 +130,99 @@ for (const sendProxy of ["send-proxy-v2", "send-proxy"]) {
       }
     },
   });
+}
+
+Deno.test({
+  name: "HAProxy in front of two server.ts --proxy-protocol: every byte echoed, both serve, " +
+    "each logs the client's own address, and when one is killed the other takes new clients",
+  ignore: HAPROXY_VERSION === null,
+  async fn() {
+    await using first = await startServer(["--port", "0", "--proxy-protocol"]);
+    await using second = await startServer(["--port", "0", "--proxy-protocol"]);
+    const servers = [first, second];
+    const front = freePort();
+    // Health checks ten times a second, so that the run sees plenty of them.
+    const config = configFor(front, [first.port, second.port], "send-proxy-v2")
+      .replace(/ inter \d+s /, " inter 100ms ");
+    assert.match(config, / inter 100ms /);
+    const haproxy = startHaproxy(config);
+    const started = performance.now();
+    let passed = false;
+    try {
+      await waitUntilListening(front, haproxy);
+      const clients = await Promise.all(
+        Array.from({ length: CLIENTS }, () => Deno.connect({ hostname: HOST, port: front })),
+      );
+      await within(20_000, "every client's echo", () => echoAll(clients, 1));
+      // Each client is in exactly one server's log, under its own address and port.
+      const served = await Promise.all(clients.map((client) => whoServed(servers, client)));
+      assert.deepEqual([...new Set(served)].sort(), [0, 1], "both servers got clients");
+      for (const client of clients) client.close();
+
+      // Killed mid-run, with a client of its own still connected.
+      const survivor = await Deno.connect({ hostname: HOST, port: front });
+      const onFirst = await Deno.connect({ hostname: HOST, port: front });
+      const held = [survivor, onFirst];
+      const holders = await Promise.all(held.map(async (client) => {
+        assert.equal(await echoOnce(client, "held"), "held");
+        return await whoServed(servers, client);
+      }));
+      first.kill("SIGKILL");
+      await first.exited();
+      for (const [i, client] of held.entries()) {
+        if (holders[i] === 0) assert.equal(await readToEnd(client), "", "cut with its server");
+        client.close();
+      }
+      const later = await Promise.all(
+        Array.from({ length: CLIENTS }, () => Deno.connect({ hostname: HOST, port: front })),
+      );
+      await within(20_000, "the later clients' echo", () => echoAll(later, 2));
+      for (const client of later) assert.equal(await whoServed([second], client), 0);
+      for (const client of later) client.close();
+      // Health checks (a LOCAL header, then a reset) leave no trace in the logs.
+      await delay(1_000 - (performance.now() - started));
+      assert.deepEqual([...first.stderr.lines, ...second.stderr.lines], []);
+      passed = true;
+    } finally {
+      try {
+        haproxy.kill("SIGTERM");
+      } catch {
+        // It has exited already (a failed start): its output says why.
+      }
+      const { stderr } = await haproxy.output();
+      if (!passed) console.error(`haproxy's output:\n${decode(stderr)}`);
+    }
+  },
+});
+
+// Streams random bytes through each client at once, and checks the GOT: replies by digest.
+async function echoAll(clients: Deno.Conn[], seed: number): Promise<void> {
+  await Promise.all(clients.map(async (client, i) => {
+    const random = new Random(seed * 1000 + i);
+    const tally = await stream(client, { bytes: BYTES_PER_CLIENT, maxWrite: 10_000, random });
+    assertAnsweredExactly(tally, `client ${i}`);
+  }));
+}
+
+// Which of `servers` logged `client` by its own address and port: exactly one must have.
+async function whoServed(servers: ServerProcess[], client: Deno.Conn): Promise<number> {
+  const { port } = client.localAddr as Deno.NetAddr;
+  const line = new RegExp(`^Connection from ${HOST.replaceAll(".", "\\.")}:${port}$`);
+  return await within(5_000, `a server to log client port ${port}`, async () => {
+    for (;;) {
+      const found = servers.flatMap((server, i) => server.stdout.count(line) > 0 ? [i] : []);
+      if (found.length > 1) throw new Error(`Client port ${port} is in two servers' logs`);
+      if (found.length === 1) return found[0];
+      await delay(20);
+    }
+  });
+}
+
+async function echoOnce(client: Deno.Conn, text: string): Promise<string> {
+  await client.write(encode(text));
+  const reply = await readExactly(client, 4 + text.length);
+  assert.equal(reply.slice(0, 4), "GOT:");
+  return reply.slice(4);
 }
 
 interface Seen {
