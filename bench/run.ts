@@ -11,6 +11,12 @@
  * noise from the rest of the machine hits both alike. With `taskset`, both servers run on
  * CPU 0 and the client on CPU 1 (for one connection, all on CPU 0).
  *
+ * Two scale-out groups compare genio with itself instead, in the same interleaved way:
+ * `pp1000w2`, `--workers 2` against `--workers 1`, both servers free to use both CPUs and
+ * the client on CPU 1 without spinning (so the second worker gets what the client leaves of
+ * CPU 1); and `pp1000ha`, through HAProxy (`deploy/haproxy.cfg`, one server, genio with
+ * `--proxy-protocol`; HAProxy on CPU 0 with the server) against direct.
+ *
  * ```sh
  * deno task bench                        # everything, about 4 minutes
  * deno task bench --quick                # one short repetition of each, a smoke test
@@ -32,6 +38,10 @@ interface Profile {
   readonly size: number;
   /** Minimum genio / raw ratio (maximum for RSS) from issue #5. */
   readonly target?: number;
+  /** genio against itself: the baseline, then the subject, in place of raw and genio. */
+  readonly pair?: readonly [Server, Server];
+  /** What the subject / baseline ratio compares, for the table. */
+  readonly label?: string;
 }
 
 /** The fields of one `RESULT {json}` line of the load client that this script reads. */
@@ -54,9 +64,15 @@ interface LoadResult {
 }
 
 interface Server {
-  readonly name: "raw" | "genio";
+  readonly name: string;
   readonly path: string;
   readonly args: readonly string[];
+  /** `deno run` flags beyond `--allow-net`. */
+  readonly deno?: readonly string[];
+  /** The CPUs to pin it to (taskset's list). */
+  readonly cpus?: string;
+  /** Run HAProxy in front of it (on the same CPUs), and load that. */
+  readonly haproxy?: boolean;
 }
 
 interface Rep {
@@ -71,11 +87,19 @@ const LOAD_BINARY: string = `${BUILD_DIR}/load`;
 const STARTUP_TIMEOUT_MS = 30_000;
 // A repetition disturbed by more than this much outside work (% of a CPU) is run again.
 const NOISE_LIMIT = 20;
+const SCALE_NOTE = "Scale-out, genio against itself. pp1000w2: both servers may use both " +
+  "CPUs, and the load client shares CPU 1 without spinning, so the second worker gets only " +
+  "what the client leaves of it (about half): on this 2-core machine 1.5× is the ceiling, " +
+  "where a machine with cores to spare would approach 2×. pp1000ha: one genio with " +
+  "--proxy-protocol behind HAProxy (deploy/haproxy.cfg, one server line), HAProxy pinned " +
+  "to the server's CPU 0, against genio alone there: what the balancer's work costs when " +
+  "it shares the server's core; on a machine of its own it costs the server nothing but " +
+  "the header, and the client a hop.";
 
 const { values: flags } = parseFlags("bench", {
   args: Deno.args,
   options: {
-    profiles: { type: "string", default: "pp1,pp100,pp1000,bulk10,idle" },
+    profiles: { type: "string", default: "pp1,pp100,pp1000,bulk10,idle,pp1000w2,pp1000ha" },
     reps: { type: "string", default: "7" },
     "idle-reps": { type: "string", default: "3" },
     "idle-conns": { type: "string", default: "10000" },
@@ -113,20 +137,50 @@ const hold = quick ? 0.5 : Number(flags.hold);
 const retries = quick ? 0 : Number(flags.retries);
 const budgetMs = Number(flags.budget) * 1000;
 
-const PROFILES: readonly Profile[] = [
-  { name: "pp1", mode: "pingpong", conns: 1, size: 64 },
-  { name: "pp100", mode: "pingpong", conns: 100, size: 64, target: 0.97 },
-  { name: "pp1000", mode: "pingpong", conns: 1000, size: 64, target: 0.95 },
-  { name: "bulk10", mode: "bulk", conns: 10, size: 65536, target: 0.95 },
-  { name: "idle", mode: "idle", conns: idleConns, size: 64, target: 1.2 },
-];
-
 const RAW: Server = { name: "raw", path: flags.baseline, args: [] };
 const GENIO: Server = {
   name: "genio",
   path: flags.genio,
   args: flags["genio-args"].split(" ").filter((arg) => arg !== ""),
 };
+const workers = (n: number): Server => ({
+  ...GENIO,
+  name: `genio --workers ${n}`,
+  args: [...GENIO.args, "--workers", `${n}`],
+  deno: ["--allow-read", "--unstable-net"],
+  cpus: "0,1",
+});
+const BEHIND_HAPROXY: Server = {
+  ...GENIO,
+  name: "genio behind HAProxy",
+  args: [...GENIO.args, "--proxy-protocol"],
+  haproxy: true,
+};
+
+const PROFILES: readonly Profile[] = [
+  { name: "pp1", mode: "pingpong", conns: 1, size: 64 },
+  { name: "pp100", mode: "pingpong", conns: 100, size: 64, target: 0.97 },
+  { name: "pp1000", mode: "pingpong", conns: 1000, size: 64, target: 0.95 },
+  { name: "bulk10", mode: "bulk", conns: 10, size: 65536, target: 0.95 },
+  { name: "idle", mode: "idle", conns: idleConns, size: 64, target: 1.2 },
+  {
+    name: "pp1000w2",
+    mode: "pingpong",
+    conns: 1000,
+    size: 64,
+    target: 1.3,
+    pair: [workers(1), workers(2)],
+    label: "--workers 2 / 1",
+  },
+  {
+    name: "pp1000ha",
+    mode: "pingpong",
+    conns: 1000,
+    size: 64,
+    pair: [GENIO, BEHIND_HAPROXY],
+    label: "HAProxy / direct",
+  },
+];
 
 // --- processes -------------------------------------------------------------------------
 
@@ -169,29 +223,81 @@ interface Running {
   readonly child: Deno.ChildProcess;
   readonly port: number;
   readonly stderr: Promise<string>;
+  readonly haproxy?: Deno.ChildProcess;
 }
 
-/** Starts a server (on CPU 0 when pinning) and waits for its `Listening on` line. */
+/**
+ * Starts a server (on CPU 0, or its own CPUs, when pinning) and waits for its
+ * `Listening on` line; then HAProxy in front of it if it asks for that.
+ */
 async function start(server: Server, pin: boolean): Promise<Running> {
   const command = [
     Deno.execPath(),
-    ...["run", "--allow-net", server.path],
+    ...["run", "--allow-net", ...server.deno ?? [], server.path],
     ...["--port", "0", "--hostname", "127.0.0.1", "--quiet", ...server.args],
   ];
-  const child = new Deno.Command(pin ? "taskset" : command[0], {
-    args: pin ? ["-c", "0", ...command] : command.slice(1),
-    cwd: ROOT,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
+  const child = pinned(command, pin ? server.cpus ?? "0" : null, true);
   const stderr = tail(child.stderr);
+  let running: Running = { server, child, port: 0, stderr };
   try {
-    return { server, child, port: await waitForPort(child.stdout), stderr };
+    running = { ...running, port: await waitForPort(child.stdout) };
+    if (!server.haproxy) return running;
+    const front = freePort();
+    const haproxy = pinned(
+      ["haproxy", "-db", "-f", writeHaproxyConfig(front, running.port)],
+      pin ? server.cpus ?? "0" : null,
+      false,
+    );
+    running = { ...running, haproxy, port: front };
+    await waitForConnect(front);
+    return running;
   } catch (error) {
-    await stop({ server, child, port: 0, stderr });
+    await stop(running);
     throw new Error(`${server.name} server: ${(error as Error).message} ${await stderr}`);
   }
+}
+
+function pinned(command: string[], cpus: string | null, piped: boolean): Deno.ChildProcess {
+  return new Deno.Command(cpus !== null ? "taskset" : command[0], {
+    args: cpus !== null ? ["-c", cpus, ...command] : command.slice(1),
+    cwd: ROOT,
+    stdin: "null",
+    stdout: piped ? "piped" : "null",
+    stderr: piped ? "piped" : "null",
+  }).spawn();
+}
+
+/** deploy/haproxy.cfg with its front end on `front` and one server, on `port`. */
+function writeHaproxyConfig(front: number, port: number): string {
+  const path = `${BUILD_DIR}/haproxy.cfg`;
+  const servers = /^(\s*server \S+ )127\.0\.0\.1:\d+(.*)$/gm;
+  let first = true;
+  const config = Deno.readTextFileSync(`${ROOT}deploy/haproxy.cfg`)
+    .replace(/^(\s*bind )\S+$/m, `$1127.0.0.1:${front}`)
+    .replace(
+      servers,
+      (_, start, rest) => first ? (first = false, `${start}127.0.0.1:${port}${rest}`) : "",
+    );
+  Deno.mkdirSync(BUILD_DIR, { recursive: true });
+  Deno.writeTextFileSync(path, config);
+  return path;
+}
+
+function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  listener.close();
+  return listener.addr.port;
+}
+
+async function waitForConnect(port: number): Promise<void> {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    try {
+      return (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+    } catch {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+  throw new Error(`nothing listens on port ${port} after 10 s`);
 }
 
 async function waitForPort(stream: ReadableStream<Uint8Array>): Promise<number> {
@@ -222,25 +328,29 @@ async function tail(stream: ReadableStream<Uint8Array>): Promise<string> {
   return text;
 }
 
-/** Stops a server by its PID (SIGTERM, then SIGKILL after 3 s); reports what it printed. */
+/**
+ * Stops a server (and its HAProxy) by PID: SIGTERM, then SIGKILL after 3 s; reports what
+ * the server printed.
+ */
 async function stop(running: Running): Promise<void> {
-  const { child } = running;
-  try {
-    child.kill("SIGTERM");
-  } catch {
-    // Exited already.
-  }
-  const killer = setTimeout(() => {
+  if (running.haproxy) await end(running.haproxy);
+  await end(running.child);
+  const text = (await running.stderr).trim();
+  if (text !== "") console.error(`    (${running.server.name} stderr: ${text.slice(-300)})`);
+}
+
+async function end(child: Deno.ChildProcess): Promise<void> {
+  const kill = (signal: Deno.Signal) => {
     try {
-      child.kill("SIGKILL");
+      child.kill(signal);
     } catch {
       // Exited already.
     }
-  }, 3000);
+  };
+  kill("SIGTERM");
+  const killer = setTimeout(() => kill("SIGKILL"), 3000);
   await child.status;
   clearTimeout(killer);
-  const text = (await running.stderr).trim();
-  if (text !== "") console.error(`    (${running.server.name} stderr: ${text.slice(-300)})`);
 }
 
 /** Runs the load client against the servers; returns one result per server, in order. */
@@ -256,8 +366,10 @@ async function load(
     ...["--warmup", `${warmup}`, "--duration", `${duration}`, "--slice", flags.slice],
     ...["--hold", `${hold}`],
     // With a CPU of its own, the client polls epoll instead of sleeping in it, so its own
-    // wake-ups do not add to the latency it measures.
-    ...(profile.conns > 1 && profile.mode !== "idle" ? ["--spin"] : []),
+    // wake-ups do not add to the latency it measures; not when a second worker shares it.
+    ...(profile.conns > 1 && profile.mode !== "idle" && !sharesClientCpu(profile)
+      ? ["--spin"]
+      : []),
   ];
   const cpu = profile.conns === 1 ? "0" : "1";
   const out = await run(
@@ -272,6 +384,10 @@ async function load(
   return lines.map((line) => JSON.parse(line.slice("RESULT ".length)) as LoadResult);
 }
 
+function sharesClientCpu(profile: Profile): boolean {
+  return profile.pair?.some((server) => server.cpus?.includes("1")) ?? false;
+}
+
 /** Outside work during a run, in % of a CPU: what other processes took on the two CPUs. */
 function noise(result: LoadResult): number {
   return Math.max(
@@ -283,12 +399,12 @@ function noise(result: LoadResult): number {
 
 /** One repetition of a two-server profile: both servers, turns interleaved. */
 async function pairRep(profile: Profile, rep: number, pin: boolean): Promise<Rep> {
-  const order = rep % 2 === 1 ? [RAW, GENIO] : [GENIO, RAW];
+  const [baseline, subject] = profile.pair ?? [RAW, GENIO];
+  const order = rep % 2 === 1 ? [baseline, subject] : [subject, baseline];
   const running = await Promise.all(order.map((server) => start(server, pin)));
   try {
-    const results = await load(profile, running, pin);
-    const byName = Object.fromEntries(order.map((server, i) => [server.name, results[i]]));
-    return byName as unknown as Rep;
+    const [first, second] = await load(profile, running, pin);
+    return order[0] === baseline ? { raw: first, genio: second } : { raw: second, genio: first };
   } finally {
     await Promise.all(running.map(stop));
   }
@@ -301,7 +417,7 @@ async function idleRep(profile: Profile, rep: number, pin: boolean): Promise<Rep
   for (const server of order) {
     const running = await start(server, pin);
     try {
-      byName[server.name] = (await load(profile, [running], pin))[0];
+      byName[server === RAW ? "raw" : "genio"] = (await load(profile, [running], pin))[0];
     } finally {
       await stop(running);
     }
@@ -369,7 +485,8 @@ function rowsFor(profile: Profile, results: Rep[]): Row[] {
     return [
       {
         ...base,
-        figure: `round trips/s, ${profile.conns} conn × 64 B`,
+        figure: `round trips/s, ${profile.conns} conn × 64 B` +
+          (profile.label ? `, ${profile.label}` : ""),
         raw: fmt(med("raw", "rps")),
         genio: fmt(med("genio", "rps")),
         ratio: ratioText("rps"),
@@ -420,9 +537,10 @@ function rowsFor(profile: Profile, results: Rep[]): Row[] {
   ];
 }
 
-function markdownTable(rows: Row[]): string {
+function markdownTable(rows: Row[], against = ["raw Deno", "genio", "raw"]): string {
+  const [base, subject, short] = against;
   return [
-    "| profile | figure | raw Deno | genio | genio / raw (range) | target | client busy % raw / genio |",
+    `| profile | figure | ${base} | ${subject} | ${subject} / ${short} (range) | target | client busy % ${short} / ${subject} |`,
     "| --- | --- | ---: | ---: | ---: | --- | ---: |",
     ...rows.map((r) =>
       `| ${r.profile} | ${r.figure} | ${r.raw} | ${r.genio} | ${r.ratio} | ${r.target} | ${r.client} |`
@@ -508,6 +626,11 @@ async function main(): Promise<number> {
   const pin = (await run("taskset", ["-c", "0", "true"])).ok;
   const wanted = flags.profiles.split(",");
   const profiles = PROFILES.filter((p) => wanted.includes(p.name));
+  const haproxy = profiles.findIndex((p) => p.pair?.some((server) => server.haproxy));
+  if (haproxy >= 0 && !(await run("haproxy", ["-v"])).ok) {
+    console.error("haproxy is not installed (apt-get install haproxy): skipping pp1000ha.");
+    profiles.splice(haproxy, 1);
+  }
   const limit = await hardFileLimit();
   if (profiles.some((p) => p.mode === "idle") && limit < idleConns + 100) {
     console.error(
@@ -528,6 +651,7 @@ async function main(): Promise<number> {
   console.log(`Machine: ${machineText}\n${setup}`);
 
   const rows: Row[] = [];
+  const scaleRows: Row[] = [];
   const all: Record<string, Rep[]> = {};
   let failed = false;
   let repeated = 0;
@@ -539,10 +663,12 @@ async function main(): Promise<number> {
         profile.mode === "idle" ? idleRep(profile, rep, pin) : pairRep(profile, rep, pin);
       let result = await once();
       // Turns share out noise fairly, but heavy outside work still squeezes both servers
-      // into its gaps: such a repetition is run again, and the quieter attempt kept.
+      // into its gaps: such a repetition is run again, and the quieter attempt kept. (Not
+      // for genio against itself: its second CPU or HAProxy would count as outside work.)
       for (
         let attempt = 0;
         attempt < retries && noise(result.raw) > NOISE_LIMIT && result.raw.errors === 0 &&
+        profile.pair === undefined &&
         performance.now() - started < budgetMs;
         attempt++
       ) {
@@ -554,20 +680,22 @@ async function main(): Promise<number> {
         if (again.raw.errors > 0 || noise(again.raw) < noise(result.raw)) result = again;
       }
       results.push(result);
-      for (const server of ["raw", "genio"] as const) {
+      for (const [i, server] of (["raw", "genio"] as const).entries()) {
         const r = result[server];
         if (r.errors > 0) failed = true;
-        console.log(
-          `  ${profile.name} ${rep}/${n} ${server.padEnd(5)} ${describe(r, profile.mode)}`,
-        );
+        const name = profile.pair?.[i].name ?? server;
+        console.log(`  ${profile.name} ${rep}/${n} ${name.padEnd(5)} ${describe(r, profile.mode)}`);
       }
     }
     all[profile.name] = results;
-    rows.push(...rowsFor(profile, results));
+    (profile.pair ? scaleRows : rows).push(...rowsFor(profile, results));
   }
-  const table = markdownTable(rows);
+  const table = [
+    ...rows.length > 0 ? [markdownTable(rows)] : [],
+    ...scaleRows.length > 0 ? [markdownTable(scaleRows, ["baseline", "subject", "baseline"])] : [],
+  ].join("\n\n") + (scaleRows.length > 0 ? `\n\n${SCALE_NOTE}` : "");
   const loadSeconds = (performance.now() - started) / 1000;
-  const noises = Object.values(all).flat().map((r) => noise(r.raw));
+  const noises = profiles.flatMap((p) => p.pair ? [] : all[p.name]).map((r) => noise(r.raw));
   const noisy = noises.filter((x) => x > NOISE_LIMIT).length;
   const noiseNote =
     `Outside work (other processes on the two CPUs) per repetition, median: ${

@@ -109,6 +109,13 @@ Deno.test({
   },
 });
 
+Deno.test("--help tells what --workers and --proxy-protocol do and what --workers needs", async () => {
+  const help = (await runServer(["--help"])).stdout.join("\n");
+  assert.match(help, /--workers <n\|auto> {5}Schedulers, one per Web Worker/);
+  assert.match(help, /needs deno run --allow-read --unstable-net; limits are per worker/);
+  assert.match(help, /--proxy-protocol {7}Every connection begins with a PROXY protocol header/);
+});
+
 Deno.test("--workers 1 is the server as ever: no extra flag needed", async () => {
   await using server = await startServer(["--port", "0", "--workers", "1"]);
   using conn = await connect(server.port);
