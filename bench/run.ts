@@ -18,7 +18,7 @@
  * `--proxy-protocol`; HAProxy on CPU 0 with the server) against direct.
  *
  * ```sh
- * deno task bench                        # everything, about 4 minutes
+ * deno task bench                        # everything, about 6 minutes
  * deno task bench --quick                # one short repetition of each, a smoke test
  * deno task bench --profiles pp100,bulk10 --reps 7 --no-micro
  * deno task bench --genio-args="--idle-timeout 0"
