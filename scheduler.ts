@@ -121,6 +121,10 @@ export interface Task<T = unknown> {
    * counts as observing a failure, which is then not reported to `onError`.
    */
   readonly result: Promise<T>;
+  /** Bytes its reads have returned so far. */
+  readonly bytesRead: number;
+  /** Bytes its writes have written so far. */
+  readonly bytesWritten: number;
 }
 
 /**
@@ -407,6 +411,31 @@ export class Scheduler {
       bytesRead: task.bytesRead,
       bytesWritten: task.bytesWritten,
     }));
+  }
+
+  /**
+   * The live task with this id, for a console that names tasks by the ids `tasks()` shows
+   * (to `cancel` one, say). It looks through the live tasks.
+   *
+   * @param id A task's id.
+   * @returns The task, or `undefined` when no live task has that id.
+   *
+   * @example Finding a task by the id a snapshot shows
+   * ```ts
+   * import { Scheduler, sleep } from "@genio/genio";
+   * import assert from "node:assert/strict";
+   *
+   * const scheduler = new Scheduler();
+   * const task = scheduler.spawn(sleep(1), { name: "napper" });
+   * const [info] = scheduler.tasks();
+   * assert.equal(scheduler.task(info.id), task);
+   * assert.equal(scheduler.task(99), undefined);
+   * await scheduler.run();
+   * ```
+   */
+  task(id: number): Task<unknown> | undefined {
+    for (const task of this.#tasks) if (task.id === id) return task;
+    return undefined;
   }
 
   /**

@@ -31,6 +31,7 @@
  */
 import { closeQuietly } from "./_close_quietly.ts";
 import { describe, formatAddress } from "./_format.ts";
+import { errorReason, LagSampler, processStats } from "./_server_stats.ts";
 import {
   checkBufferSize,
   checkGrace,
@@ -47,7 +48,7 @@ import {
 import { echoHandler } from "./echo.ts";
 import { BusyError, Cancelled, TimeoutError } from "./errors.ts";
 import { accept, cancel, join, type Operation, sleep, spawn, timeout, wait } from "./intents.ts";
-import { Scheduler, type Task } from "./scheduler.ts";
+import { Scheduler, type SchedulerStats, type Task } from "./scheduler.ts";
 
 // How long the accept loop waits before trying again after a failure that is not one
 // client's (too many open files, say): doubling up to the maximum while the failure lasts,
@@ -139,10 +140,19 @@ export interface TcpServerOptions extends HandlerOptions {
   /**
    * Called when a connection has ended and been closed. `error` is why it failed (a
    * `Cancelled` when the server was stopped), or `undefined` when its handler returned.
+   * `task` is the connection's task, whose `bytesRead` and `bytesWritten` say how much
+   * crossed the socket, or `null` when its handler never started.
    *
    * @default {one line on stderr for a failure other than `Cancelled`}
    */
-  onDisconnect?: (remoteAddr: Deno.NetAddr, error: unknown) => void;
+  onDisconnect?: (remoteAddr: Deno.NetAddr, error: unknown, task: Task<void> | null) => void;
+  /**
+   * Called each time the loop reaches `maxConnections` and stops accepting, with the
+   * number of connections open. It accepts again once one of them ends.
+   *
+   * @default {nothing}
+   */
+  onLimitReached?: (open: number) => void;
   /**
    * Called when `listener.accept()` failed for a reason other than the listener closing,
    * such as a client that reset before it was accepted. The loop goes on accepting; after
@@ -219,6 +229,121 @@ export interface ShutdownResult {
 }
 
 /**
+ * Why a connection ended in failure, as {@linkcode ServerStats} counts it: `reset` (the
+ * peer reset the connection or went away during a write), `timeout` (the idle limit ran
+ * out), `tls` (a failed handshake or a corrupt record) or `other`. A connection whose
+ * handler returned, or that was cancelled (by a shutdown or an operator), did not fail.
+ *
+ * @example
+ * ```ts
+ * import type { ConnectionErrorReason } from "@genio/genio/tcp-server";
+ *
+ * const reasons: ConnectionErrorReason[] = ["reset", "timeout", "tls", "other"];
+ * ```
+ */
+export type ConnectionErrorReason = "reset" | "timeout" | "tls" | "other";
+
+/**
+ * How late the event loop runs, in milliseconds, as {@linkcode ServerStats} reports it: a
+ * timer set every 100 ms records how far past its time it fired. Measuring starts with the
+ * first `stats()` call and stops with the server.
+ *
+ * @example
+ * ```ts
+ * import type { EventLoopLag } from "@genio/genio/tcp-server";
+ *
+ * const lag: EventLoopLag = {
+ *   latest: 0.4,
+ *   maxLastMinute: 12,
+ *   buckets: [{ le: 1, count: 590 }, { le: 25, count: 600 }, { le: Infinity, count: 600 }],
+ *   sum: 310,
+ *   count: 600,
+ * };
+ * ```
+ */
+export interface EventLoopLag {
+  /** The latest measure. */
+  readonly latest: number;
+  /** The largest measure in the last minute. */
+  readonly maxLastMinute: number;
+  /**
+   * A histogram of every measure: how many were at most `le` milliseconds, cumulative as in
+   * Prometheus, the last bucket's `le` being `Infinity`.
+   */
+  readonly buckets: readonly { readonly le: number; readonly count: number }[];
+  /** The sum of every measure. */
+  readonly sum: number;
+  /** How many measures were taken. */
+  readonly count: number;
+}
+
+/**
+ * What the process holds, as {@linkcode ServerStats} reports it.
+ *
+ * @example
+ * ```ts
+ * import type { ProcessStats } from "@genio/genio/tcp-server";
+ *
+ * const process: ProcessStats = {
+ *   residentMemory: 48_000_000,
+ *   openFds: null,
+ *   startTime: Date.now(),
+ * };
+ * ```
+ */
+export interface ProcessStats {
+  /** Resident memory (RSS), in bytes. */
+  readonly residentMemory: number;
+  /**
+   * Open file descriptors, counted in `/proc/self/fd` on Linux when Deno lets the program
+   * read it, which takes `--allow-all`; else `null`. It never asks for permission.
+   */
+  readonly openFds: number | null;
+  /** When the process started, in milliseconds since the Unix epoch. */
+  readonly startTime: number;
+}
+
+/**
+ * A server's figures at one moment, as {@linkcode Server.stats} returns them: what a console
+ * or a metrics page shows. Counts and bytes are since the server started; bytes are counted
+ * as they cross the socket (an echo's `GOT:` included) by each connection's own task.
+ *
+ * @example
+ * ```ts
+ * import type { ServerStats } from "@genio/genio/tcp-server";
+ *
+ * function summary(stats: ServerStats): string {
+ *   return `${stats.connectionsOpen} open, ${stats.bytesReceived} bytes in`;
+ * }
+ * ```
+ */
+export interface ServerStats {
+  /** Connections open now. */
+  readonly connectionsOpen: number;
+  /** Connections accepted since the server started. */
+  readonly connectionsTotal: number;
+  /**
+   * Times the accept loop reached `maxConnections` and stopped accepting. The server refuses
+   * nobody itself: at the limit newcomers wait in the kernel's listen backlog until a
+   * connection ends (the kernel refuses or drops them only when the backlog is full, which
+   * the process cannot see). Each pause counts once, however many waited.
+   */
+  readonly limitReached: number;
+  /** Bytes read from clients, by connections open and ended. */
+  readonly bytesReceived: number;
+  /** Bytes written to clients, by connections open and ended. */
+  readonly bytesSent: number;
+  /** Connections that ended in failure, by reason. */
+  readonly connectionErrors: Readonly<Record<ConnectionErrorReason, number>>;
+  /** The scheduler's figures: tasks by state, the ready queue, timers. */
+  readonly scheduler: SchedulerStats;
+  /** How late the event loop runs. */
+  readonly eventLoopLag: EventLoopLag;
+  /** What the process holds. */
+  readonly process: ProcessStats;
+}
+
+/**
  * A running server, as returned by {@linkcode serve}. `await using` shuts it down.
  *
  * @example
@@ -234,6 +359,11 @@ export interface Server extends AsyncDisposable {
   readonly addr: Deno.NetAddr;
   /** The scheduler running the server's tasks, to inspect its queue and wait maps. */
   readonly scheduler: Scheduler;
+  /**
+   * The accept loop's task, named `tcp-server`: every connection's task is its child, and
+   * cancelling it stops the server at once.
+   */
+  readonly task: Task<void>;
   /** How many connections are open now. */
   readonly connections: number;
   /** Settles when the server has stopped: the listener closed and every connection ended. */
@@ -247,6 +377,36 @@ export interface Server extends AsyncDisposable {
    * @returns What the shutdown did, once the server has stopped.
    */
   shutdown(): Promise<ShutdownResult>;
+  /**
+   * The server's figures now, from counters kept per connection (never per message) and
+   * one walk over the scheduler's live tasks. The first call starts measuring the event
+   * loop's lag, with an unref'd timer every 100 ms that stops with the server.
+   *
+   * @returns The figures.
+   *
+   * @example Counting what a client sent
+   * ```ts
+   * import { serve } from "@genio/genio/tcp-server";
+   * import assert from "node:assert/strict";
+   *
+   * const server = serve({ hostname: "127.0.0.1", port: 0, onListen() {} });
+   * const client = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
+   * await client.write(new TextEncoder().encode("hello"));
+   * const reply = new Uint8Array(9);
+   * for (let got = 0; got < reply.length;) got += (await client.read(reply.subarray(got)))!;
+   * assert.equal(server.stats().connectionsOpen, 1);
+   *
+   * client.close();
+   * await server.shutdown();
+   * const stats = server.stats();
+   * assert.equal(stats.connectionsTotal, 1);
+   * assert.equal(stats.connectionsOpen, 0);
+   * assert.equal(stats.bytesReceived, 5); // "hello"
+   * assert.equal(stats.bytesSent, 9); // "GOT:hello"
+   * assert.equal(stats.scheduler.tasks, 0);
+   * ```
+   */
+  stats(): ServerStats;
 }
 
 /**
@@ -302,6 +462,7 @@ export function* tcpServer(
   const onConnect = options?.onConnect;
   const onDisconnect = options?.onDisconnect ?? logDisconnect;
   const onAcceptError = options?.onAcceptError ?? acceptErrorLog();
+  const onLimitReached = options?.onLimitReached;
 
   let open = 0;
   let connectionEnded: PromiseWithResolvers<void> | null = null;
@@ -314,7 +475,10 @@ export function* tcpServer(
 
   let retryMs = ACCEPT_RETRY_MS;
   for (;;) {
-    while (open >= maxConnections) yield* wait(nextEnd());
+    if (open >= maxConnections) {
+      onLimitReached?.(open);
+      while (open >= maxConnections) yield* wait(nextEnd());
+    }
     let conn: Deno.Conn;
     try {
       conn = yield* accept(listener);
@@ -334,10 +498,10 @@ export function* tcpServer(
     // The handler runs as the connection's task itself, not inside a wrapper that would
     // resume it through `yield*` on every message: its idle limit is the task's own, and
     // its end is seen by `onSettled`.
-    const disconnected = (_task: unknown, error: unknown): void => {
+    const disconnected = (task: Task<unknown> | null, error: unknown): void => {
       closeQuietly(conn);
       ended();
-      onDisconnect(remoteAddr, error);
+      onDisconnect(remoteAddr, error, task as Task<void> | null);
     };
     try {
       onConnect?.(remoteAddr);
@@ -409,16 +573,34 @@ export function serve(options?: ServeOptions): Server {
   let stopping = false;
   let drained = 0;
   let cancelled = 0;
+  // The figures of stats(), counted per connection; the bytes of open connections are
+  // read from their tasks when asked for.
+  let total = 0;
+  let limitReached = 0;
+  let bytesReceived = 0;
+  let bytesSent = 0;
+  const errors: Record<ConnectionErrorReason, number> = { reset: 0, timeout: 0, tls: 0, other: 0 };
   const serverOptions: TcpServerOptions = {
     ...options,
     onConnect(remoteAddr) {
       open++;
+      total++;
       options.onConnect?.(remoteAddr);
     },
-    onDisconnect(remoteAddr, error) {
+    onDisconnect(remoteAddr, error, task) {
       open--;
       if (stopping) error instanceof Cancelled ? cancelled++ : drained++;
-      onDisconnect(remoteAddr, error);
+      if (task !== null) {
+        bytesReceived += task.bytesRead;
+        bytesSent += task.bytesWritten;
+      }
+      const reason = errorReason(error);
+      if (reason !== null) errors[reason]++;
+      onDisconnect(remoteAddr, error, task);
+    },
+    onLimitReached(n) {
+      limitReached++;
+      options.onLimitReached?.(n);
     },
   };
   const handler = options.handler ?? echoHandler;
@@ -436,11 +618,13 @@ export function serve(options?: ServeOptions): Server {
   }
 
   let stopped = false;
+  let lag: LagSampler | null = null;
   const outcome = task.result.catch((error) => {
     if (!(error instanceof Cancelled)) throw error;
   });
   const finished = scheduler.run().then(() => outcome).finally(() => {
     stopped = true;
+    lag?.stop();
     closeQuietly(listener);
     signal?.removeEventListener("abort", onAbort);
   });
@@ -456,14 +640,41 @@ export function serve(options?: ServeOptions): Server {
   if (signal?.aborted) onAbort();
   else signal?.addEventListener("abort", onAbort, { once: true });
 
+  const stats = (): ServerStats => {
+    if (lag === null) {
+      lag = new LagSampler();
+      if (!stopped) lag.start();
+    }
+    let liveReceived = 0;
+    let liveSent = 0;
+    for (const info of scheduler.tasks()) {
+      if (info.parent !== task.id) continue;
+      liveReceived += info.bytesRead;
+      liveSent += info.bytesWritten;
+    }
+    return {
+      connectionsOpen: open,
+      connectionsTotal: total,
+      limitReached,
+      bytesReceived: bytesReceived + liveReceived,
+      bytesSent: bytesSent + liveSent,
+      connectionErrors: { ...errors },
+      scheduler: scheduler.stats(),
+      eventLoopLag: lag.snapshot(),
+      process: processStats(),
+    };
+  };
+
   return {
     addr,
     scheduler,
+    task,
     get connections() {
       return open;
     },
     finished,
     shutdown,
+    stats,
     async [Symbol.asyncDispose]() {
       await shutdown();
     },
