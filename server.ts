@@ -46,6 +46,8 @@ import {
 } from "./_server_options.ts";
 import denoJson from "./deno.json" with { type: "json" };
 import { Cancelled, TimeoutError } from "./errors.ts";
+import { serveMetrics } from "./metrics.ts";
+import { serveMonitor } from "./monitor.ts";
 import { serve, type Server, type ShutdownResult } from "./tcp_server.ts";
 
 export * from "./echo.ts";
@@ -70,11 +72,18 @@ Options:
                              before they are closed (default ${DEFAULT_GRACE_MS / 1000})
       --buffer-size <bytes>  Largest chunk read and answered at once (default ${DEFAULT_BUFFER_SIZE})
   -q, --quiet                Do not print a line per connection opened and closed
+      --monitor <port>       Serve a console (ps, where, stats, cancel) on 127.0.0.1:<port>
+                             for nc; 0 picks a free port (default off)
+      --metrics <port>       Serve Prometheus metrics at http://127.0.0.1:<port>/metrics
+                             (default off)
+      --metrics-hostname <address>
+                             Address for --metrics instead of 127.0.0.1
   -h, --help                 Print this help and exit
   -V, --version              Print the version and exit
 
-Output: "Listening on HOST:PORT" first, then "Connection from ADDR" and
-"Connection closed ADDR" on stdout; failures, one line each, on stderr.
+Output: "Listening on HOST:PORT" first ("Monitor on HOST:PORT" and "Metrics on URL" next
+with --monitor and --metrics), then "Connection from ADDR" and "Connection closed ADDR" on
+stdout; failures, one line each, on stderr.
 
 Exit status: 0 after a shutdown by SIGINT/SIGTERM, 1 when the server cannot listen or fails,
 2 for a bad command line, 130 (SIGINT) or 143 (SIGTERM) when a second signal cuts the
@@ -92,6 +101,9 @@ interface CommandLine {
   idleTimeout: number;
   grace: number;
   bufferSize: number;
+  monitor: number | undefined;
+  metrics: number | undefined;
+  metricsHostname: string;
 }
 
 const VALUE_FLAGS: readonly string[] = [
@@ -102,6 +114,9 @@ const VALUE_FLAGS: readonly string[] = [
   "--idle-timeout",
   "--grace",
   "--buffer-size",
+  "--monitor",
+  "--metrics",
+  "--metrics-hostname",
 ];
 
 function parseCommandLine(args: readonly string[]): CommandLine {
@@ -127,6 +142,9 @@ function parseCommandLine(args: readonly string[]): CommandLine {
         "idle-timeout": { type: "string" },
         grace: { type: "string" },
         "buffer-size": { type: "string" },
+        monitor: { type: "string" },
+        metrics: { type: "string" },
+        "metrics-hostname": { type: "string" },
         quiet: { type: "boolean", short: "q" },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "V" },
@@ -138,6 +156,11 @@ function parseCommandLine(args: readonly string[]): CommandLine {
   }
   const hostname = values.hostname ?? DEFAULT_HOSTNAME;
   if (hostname === "") throw new UsageError(`--hostname must not be empty`);
+  const metricsHostname = values["metrics-hostname"];
+  if (metricsHostname !== undefined && values.metrics === undefined) {
+    throw new UsageError(`--metrics-hostname needs --metrics`);
+  }
+  if (metricsHostname === "") throw new UsageError(`--metrics-hostname must not be empty`);
   return {
     help: values.help ?? false,
     version: values.version ?? false,
@@ -160,7 +183,14 @@ function parseCommandLine(args: readonly string[]): CommandLine {
       1,
       MAX_BUFFER_SIZE,
     ),
+    monitor: optionalPort("--monitor", values.monitor),
+    metrics: optionalPort("--metrics", values.metrics),
+    metricsHostname: metricsHostname ?? DEFAULT_HOSTNAME,
   };
+}
+
+function optionalPort(flag: string, text: string | undefined): number | undefined {
+  return text === undefined ? undefined : integerFlag(flag, text, 0, 0, 65535);
 }
 
 function integerFlag(
@@ -236,7 +266,13 @@ async function main(args: readonly string[]): Promise<number> {
   try {
     server = startServer(options);
     if (server === undefined) return 1;
+    const consoles = startConsoles(server, options);
+    if (consoles === undefined) {
+      await server.shutdown();
+      return 1;
+    }
     await server.finished;
+    await consoles;
     if (stopping !== undefined) {
       const { drained, cancelled } = await stopping;
       console.log(`Shut down: ${plural(drained, "connection")} drained, ${cancelled} cancelled`);
@@ -273,6 +309,32 @@ function startServer(options: CommandLine): Server | undefined {
     const { hostname, port } = options;
     const address = formatAddress({ transport: "tcp", hostname, port });
     console.error(`error: Cannot listen on ${address}: ${whyNotListening(error)}`);
+    return undefined;
+  }
+}
+
+// The monitor and the metrics page, after "Listening on"; both end with the server. Resolves
+// once they have, or is undefined when one could not listen.
+function startConsoles(server: Server, options: CommandLine): Promise<void> | undefined {
+  const { monitor, metrics, metricsHostname, idleTimeout } = options;
+  if (monitor !== undefined) {
+    const started = listenFor("--monitor", DEFAULT_HOSTNAME, monitor, () => {
+      return serveMonitor(server, { port: monitor, idleTimeout });
+    });
+    if (started === undefined) return undefined;
+  }
+  if (metrics === undefined) return Promise.resolve();
+  return listenFor("--metrics", metricsHostname, metrics, () => {
+    return serveMetrics(server, { hostname: metricsHostname, port: metrics });
+  })?.finished;
+}
+
+function listenFor<T>(flag: string, hostname: string, port: number, start: () => T): T | undefined {
+  try {
+    return start();
+  } catch (error) {
+    const address = formatAddress({ transport: "tcp", hostname, port });
+    console.error(`error: Cannot listen on ${address} for ${flag}: ${whyNotListening(error)}`);
     return undefined;
   }
 }
