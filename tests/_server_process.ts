@@ -76,10 +76,14 @@ export interface ServerProcess extends AsyncDisposable {
   exited(): Promise<Exit>;
 }
 
-// Starts `deno run --allow-net server.ts ARGS` and waits for its "Listening on" line.
-export async function startServer(args: string[]): Promise<ServerProcess> {
+// Starts `deno run --allow-net server.ts ARGS` (or with other permissions) and waits for its
+// "Listening on" line.
+export async function startServer(
+  args: string[],
+  permissions: string[] = ["--allow-net"],
+): Promise<ServerProcess> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-net", SERVER, ...args],
+    args: ["run", ...permissions, SERVER, ...args],
     cwd: ROOT,
     stdin: "null",
     stdout: "piped",

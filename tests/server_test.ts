@@ -7,6 +7,7 @@ import {
   delay,
   echo,
   encode,
+  HAS_IPV6,
   HOST,
   readExactly,
   readToEnd,
@@ -14,15 +15,6 @@ import {
   waitUntilRefused,
   within,
 } from "./_net.ts";
-
-const HAS_IPV6: boolean = (() => {
-  try {
-    Deno.listen({ hostname: "::1", port: 0 }).close();
-    return true;
-  } catch {
-    return false;
-  }
-})();
 
 const HAS_PYTHON: boolean = (() => {
   try {
