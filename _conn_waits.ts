@@ -1,4 +1,4 @@
-// Reads and writes: the seed's recv_wait / send_wait (the classic Python generator server's
+// Reads and writes: the recv_wait / send_wait of the classic Python generator server (its
 // dicts of tasks waiting to read or write a socket), as one record per conn.
 //
 // Deno cannot un-issue a `conn.read()` or `conn.write()`. When a task stops waiting on one

@@ -42,8 +42,8 @@ export class Cancelled extends Error {
    *
    * @param message What was cancelled.
    */
-  constructor(message = "Task was cancelled") {
-    super(message);
+  constructor(message?: string) {
+    super(message ?? "Task was cancelled");
     this.name = "Cancelled";
   }
 }

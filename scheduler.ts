@@ -7,7 +7,7 @@
  * started for its task settles. So each blocking intent starts one Deno call, parks the task
  * in a wait map, and the call's settlement moves exactly that task back to the ready queue.
  *
- * @example The seed's round-robin, two tasks taking turns
+ * @example Two tasks taking turns, as in the classic Python generator server's round-robin
  * ```ts
  * import { Scheduler } from "@genio/genio/scheduler";
  * import assert from "node:assert/strict";
@@ -321,8 +321,8 @@ export class Scheduler {
    *
    * @param options Error reporting and the clock.
    */
-  constructor(options: SchedulerOptions = {}) {
-    this.#onError = options.onError ?? reportToStderr;
+  constructor(options?: SchedulerOptions) {
+    this.#onError = options?.onError ?? reportToStderr;
     const kernel: Kernel = {
       park: (task, state, on, undo) => this.#park(task, state, on, undo),
       resume: (task, value) => this.#resume(task, value),
@@ -333,7 +333,7 @@ export class Scheduler {
     this.#accepts = new AcceptWaits(kernel);
     this.#connects = new ConnectWaits(kernel);
     const parks = new ParkWaits(kernel);
-    this.#timers = new Timers(options.clock ?? REAL_CLOCK, this.#expire, this.#wake);
+    this.#timers = new Timers(options?.clock ?? REAL_CLOCK, this.#expire, this.#wake);
     this.#intents = new Map<Intent["type"], IntentKind>([
       ["read", blocking(this.#conns.read)],
       ["write", blocking(this.#conns.write)],
@@ -355,12 +355,18 @@ export class Scheduler {
     return this.#ready.toArray();
   }
 
-  /** Tasks waiting for a read, by conn (the seed's `recv_wait`; a snapshot). */
+  /**
+   * Tasks waiting for a read, by conn: the classic Python generator server's `recv_wait`
+   * (a snapshot).
+   */
   get readWaiting(): ReadonlyMap<Deno.Conn, Task<unknown>> {
     return this.#waitingIn("reading");
   }
 
-  /** Tasks waiting for a write to finish, by conn (the seed's `send_wait`; a snapshot). */
+  /**
+   * Tasks waiting for a write to finish, by conn: the classic Python generator server's
+   * `send_wait` (a snapshot).
+   */
   get writeWaiting(): ReadonlyMap<Deno.Conn, Task<unknown>> {
     return this.#waitingIn("writing");
   }
