@@ -78,7 +78,7 @@ export class TimeoutError extends Error {
    * The limit that ran out: the `Deadline` its block was given, so that a block can tell
    * its own timeout from an outer one's passing through it. `null` when made by hand.
    */
-  readonly deadline: Deadline | null;
+  declare readonly deadline: Deadline | null;
 
   /**
    * Creates the error for a time limit of `ms` milliseconds.
@@ -90,7 +90,8 @@ export class TimeoutError extends Error {
     super(`Operation timed out after ${ms} ms`);
     this.name = "TimeoutError";
     this.ms = ms;
-    this.deadline = deadline ?? null;
+    // Not enumerable: the handle is the kernel's, and printing an error should not print it.
+    Object.defineProperty(this, "deadline", { value: deadline ?? null, enumerable: false });
   }
 }
 
