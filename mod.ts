@@ -27,3 +27,4 @@ export * from "./errors.ts";
 export * from "./intents.ts";
 export * from "./scheduler.ts";
 export * from "./server.ts";
+export * from "./stream.ts";
