@@ -79,6 +79,7 @@ const CR = 13;
 const DEFAULT_MAX_LINE_BYTES = 65536;
 const DEFAULT_BUFFER_SIZE = 16384;
 const MAX_SIZE = 1 << 30;
+const SCRATCH_BYTES = 4096;
 const EMPTY: Uint8Array = new Uint8Array(0);
 const encoder: TextEncoder = new TextEncoder();
 const decoder: TextDecoder = new TextDecoder();
@@ -130,6 +131,7 @@ export class Stream {
   #eof = false;
   #reading = false;
   #gaveUp = false;
+  #scratch: Uint8Array | null = null;
   #readIntent: MutableReadIntent;
   #writeIntent: MutableWriteIntent;
 
@@ -437,8 +439,15 @@ export class Stream {
    */
   *write(data: Uint8Array | string): Operation<number> {
     const intent = this.#writeIntent;
-    intent.data = typeof data === "string" ? encoder.encode(data) : data;
-    return (yield intent) as number;
+    if (typeof data !== "string") {
+      intent.data = data;
+      return (yield intent) as number;
+    }
+    const scratch = this.#takeScratch();
+    intent.data = encodeText(data, false, scratch);
+    const n = (yield intent) as number;
+    this.#scratch = scratch; // see writeLine
+    return n;
   }
 
   /**
@@ -464,9 +473,21 @@ export class Stream {
    * ```
    */
   *writeLine(text: string): Operation<number> {
+    const scratch = this.#takeScratch();
     const intent = this.#writeIntent;
-    intent.data = encoder.encode(text + "\n");
-    return (yield intent) as number;
+    intent.data = encodeText(text, true, scratch);
+    const n = (yield intent) as number;
+    // Not reached when the write was abandoned at its yield: it keeps the array.
+    this.#scratch = scratch;
+    return n;
+  }
+
+  // Text is encoded into this array when it fits, not into a new one per write: while a
+  // write has it, the stream holds none (a concurrent writer makes its own).
+  #takeScratch(): Uint8Array {
+    const scratch = this.#scratch ?? new Uint8Array(SCRATCH_BYTES);
+    this.#scratch = null;
+    return scratch;
   }
 
   // Reads once more into the buffer; `delimiterLength` sets how far it may grow.
@@ -596,6 +617,19 @@ export class Stream {
       this.#maxLineBytes,
     );
   }
+}
+
+// `text` (and a "\n") as UTF-8: in `scratch` when it fits, else in a new array.
+function encodeText(text: string, newline: boolean, scratch: Uint8Array): Uint8Array {
+  if (text.length < scratch.length) {
+    const { read, written } = encoder.encodeInto(text, scratch);
+    if (read === text.length && written < scratch.length) {
+      if (!newline) return scratch.subarray(0, written);
+      scratch[written] = LF;
+      return scratch.subarray(0, written + 1);
+    }
+  }
+  return encoder.encode(newline ? text + "\n" : text);
 }
 
 function checkSize(name: string, value: number | undefined, fallback: number): number {

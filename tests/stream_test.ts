@@ -570,6 +570,72 @@ Deno.test("long lines on many conns at once keep memory bounded", async () => {
   assert.ok(grewMiB < 48, `RSS grew by ${grewMiB} MiB`);
 });
 
+// --- writes ------------------------------------------------------------------------------
+
+Deno.test("writeLine() and write() encode text of any length", async () => {
+  using pair = memoryPair();
+  const stream = new Stream(pair.server);
+  const texts = ["", "é".repeat(2047), "é".repeat(2048), "x".repeat(5000), "✓".repeat(1500)];
+  const scheduler = new Scheduler();
+  const task = scheduler.spawn(function* () {
+    const counts = [];
+    for (const text of texts) {
+      counts.push(yield* stream.writeLine(text), yield* stream.write(text));
+    }
+    return counts;
+  }());
+  await scheduler.run();
+  const lengths = texts.map((text) => encode(text).length);
+  assert.deepEqual(await task.result, lengths.flatMap((n) => [n + 1, n]));
+  const total = lengths.reduce((sum, n) => sum + 2 * n + 1, 0);
+  assert.equal(
+    await readText(pair.client, total),
+    texts.map((text) => `${text}\n${text}`).join(""),
+  );
+});
+
+Deno.test("a write abandoned by a timeout keeps its bytes apart from the next", async () => {
+  using pair = memoryPair(10); // the client reads nothing yet: writes wait for room
+  const { scheduler, clock } = createTestScheduler();
+  const stream = new Stream(pair.server);
+  const task = scheduler.spawn(function* () {
+    try {
+      const error = yield* caught(timeout(1_000, stream.writeLine("a".repeat(100))));
+      assert.ok(error instanceof TimeoutError);
+      yield* stream.writeLine("b".repeat(100));
+      yield* stream.write("c".repeat(100));
+    } finally {
+      stream.close();
+    }
+  }());
+  const done = scheduler.run();
+  await until(() => task.state === "writing", "the first write waits");
+  await clock.advance(1_000);
+  await until(() => task.state === "writing", "the second write waits");
+  const buffer = new Uint8Array(64);
+  let text = "";
+  for (let i = 0, n; i < 1000 && (n = await pair.client.read(buffer)) !== null; i++) {
+    text += decode(buffer.subarray(0, n));
+  }
+  await done;
+  // The Deno call of the abandoned write still went out, with its own bytes; the rest of
+  // that write did not (see write()).
+  assert.match(text, /^a{10,100}b{100}\nc{100}$/);
+});
+
+Deno.test("a second task writing the stream meanwhile gets a BusyError", async () => {
+  using pair = memoryPair(10);
+  const stream = new Stream(pair.server);
+  const scheduler = new Scheduler();
+  const first = scheduler.spawn(stream.writeLine("a".repeat(100)));
+  const second = scheduler.spawn(caught(stream.writeLine("b".repeat(100))));
+  const done = scheduler.run();
+  assert.ok(await second.result instanceof BusyError);
+  assert.equal(await readText(pair.client, 101), `${"a".repeat(100)}\n`);
+  await done;
+  assert.equal(await first.result, 101);
+});
+
 // --- a protocol built on readExactly ------------------------------------------------------
 
 // Frames: a 4-byte big-endian length, then that many bytes.
