@@ -90,9 +90,11 @@ const decoder: TextDecoder = new TextDecoder();
  * reads it at a time; another may write meanwhile.
  *
  * Every read waits in the kernel's `readWaiting` under the conn, like a plain `read()`,
- * so it can be cancelled or timed out. Bytes already buffered are never lost: after a
- * read that threw (cancelled, timed out, or too long a line aside), the next read gets
- * them, then whatever the abandoned read of the conn brings.
+ * so it can be cancelled or timed out. Bytes already buffered are never lost: when a read
+ * is cancelled or times out, the next one gets them, then whatever the abandoned read of
+ * the conn brings. Memory stays bounded on hostile input: the buffer never holds more than
+ * `maxLineBytes` plus one read, and a longer line ends the reading with
+ * {@linkcode LineTooLong}. Only `readExactly(n)` allocates what it is asked for.
  *
  * @example A length-prefixed frame: a 4-byte big-endian length, then the payload
  * ```ts
