@@ -1,6 +1,7 @@
 /**
- * The errors genio's kernel throws into tasks. Each is a condition a task is expected to
- * catch, so each has its own class and `name`.
+ * The errors genio throws into tasks: the kernel's (`Cancelled`, `TimeoutError`,
+ * `BusyError`) and the stream reader's (`UnexpectedEof`, `LineTooLong`). Each is a condition
+ * a task is expected to catch, so each has its own class and `name`.
  *
  * @module
  */

@@ -144,10 +144,10 @@ export class Stream {
    * @param options The line limit and the buffer size.
    * @throws {RangeError} If an option is not an integer from 1 to 2^30.
    */
-  constructor(conn: Deno.Conn, options: StreamOptions = {}) {
+  constructor(conn: Deno.Conn, options?: StreamOptions) {
     this.#conn = conn;
-    this.#maxLineBytes = checkSize("maxLineBytes", options.maxLineBytes, DEFAULT_MAX_LINE_BYTES);
-    this.#bufferSize = checkSize("bufferSize", options.bufferSize, DEFAULT_BUFFER_SIZE);
+    this.#maxLineBytes = checkSize("maxLineBytes", options?.maxLineBytes, DEFAULT_MAX_LINE_BYTES);
+    this.#bufferSize = checkSize("bufferSize", options?.bufferSize, DEFAULT_BUFFER_SIZE);
     this.#buffer = new Uint8Array(this.#bufferSize);
     this.#buffer[0] = LF;
     this.#readIntent = { type: "read", conn, buffer: this.#buffer };
