@@ -149,7 +149,9 @@ export interface TcpServerOptions extends HandlerOptions {
    * a failure that is not one client's (too many open files), it first waits 100 ms,
    * doubling up to 5 s while the failure lasts.
    *
-   * @default {one line on stderr; the same failure again at most once a minute}
+   * @default {one line on stderr for a failure that is not one client's (a client that
+   * reset before it was accepted is not worth a line); the same failure again at most once
+   * a minute}
    */
   onAcceptError?: (error: unknown) => void;
 }
@@ -507,6 +509,7 @@ function acceptErrorLog(): (error: unknown) => void {
   let printedAt = -Infinity;
   let leftOut = 0;
   return (error) => {
+    if (failedBeforeAccept(error)) return;
     const line = `Accept failed: ${describe(error)}`;
     const now = performance.now();
     if (line === last && now - printedAt < ACCEPT_LOG_REPEAT_MS) {
