@@ -2,8 +2,9 @@
  * Tasks talking to each other: a bounded {@linkcode Queue}, a one-shot {@linkcode Event} and
  * a {@linkcode Semaphore} (with {@linkcode withPermit}). Their waits are the kernel's own,
  * like a read's or a sleep's: a waiting task shows in `tasks()` as `waiting` with the object
- * as its `waitingOn`, a cancel or a `timeout()` ends the wait, and a wait that ends that way
- * takes nothing with it (an item or a permit goes to the next waiter).
+ * as its `waitingOn` (tell which kind with `instanceof`), a cancel or a `timeout()` ends the
+ * wait, and a wait that ends that way takes nothing with it (an item or a permit goes to the
+ * next waiter).
  *
  * Waiters are served first come, first served, and each put, get, set or release costs
  * the same however many tasks wait. An operation that can go on at once (a `get` from a

@@ -18,7 +18,7 @@ import {
   TimeoutError,
   withPermit,
 } from "../mod.ts";
-import { createTestScheduler } from "../testing.ts";
+import { createTestScheduler, VirtualClock } from "../testing.ts";
 
 function testScheduler(): { scheduler: Scheduler; now: () => number; reported: unknown[] } {
   const reported: unknown[] = [];
@@ -301,6 +301,32 @@ Deno.test("a getter served and cancelled before it runs still gets its item, the
   );
   assert.deepEqual(log, ["got x"]);
   assert.equal(getter.state, "cancelled");
+  assert.equal(queue.size, 0);
+});
+
+Deno.test("a getter served just before its time limit runs out returns the item, not a timeout", async () => {
+  const clock = new VirtualClock();
+  const scheduler = new Scheduler({ clock });
+  const queue = new Queue<string>(1);
+  const getter = scheduler.spawn(function* () {
+    try {
+      return yield* timeout(10, queue.get());
+    } catch (error) {
+      return error;
+    }
+  }());
+  scheduler.spawn(function* () {
+    yield* sleep(5);
+    yield* queue.put("x");
+  }());
+  scheduler.step(); // the getter waits, its limit at t=10
+  scheduler.step(); // the putter sleeps until t=5
+  await clock.advance(5);
+  scheduler.step(); // the putter hands "x" over: the getter is ready, not yet run
+  await clock.advance(5); // its limit runs out while it is on the ready queue
+  assert.equal(getter.state, "ready");
+  scheduler.step();
+  assert.equal(await getter.result, "x");
   assert.equal(queue.size, 0);
 });
 
