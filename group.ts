@@ -34,9 +34,9 @@ import { Event } from "./sync.ts";
 /**
  * Runs every operation at once, each as a child task, and returns their results in the
  * order given. The first to fail (or to be cancelled from elsewhere) makes `all` cancel the
- * others, wait until their cleanup has finished, and throw that first error. A task that
- * fails again during its cleanup with an error other than `Cancelled` is reported to the
- * scheduler's `onError`, as any failure nobody receives.
+ * others, wait until their cleanup has finished, and throw that first error. A later
+ * failure other than `Cancelled` (another operation failing in the same turn, or in its
+ * cleanup) is reported to the scheduler's `onError`, as any failure nobody receives.
  *
  * If the task calling `all` is cancelled, the operations are cancelled and `all` waits for
  * their cleanup before the `Cancelled` goes on. If a `timeout()` around it runs out, they
