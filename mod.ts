@@ -54,3 +54,5 @@ export * from "./tcp_server.ts";
 export * from "./echo.ts";
 export * from "./proxy_protocol.ts";
 export * from "./stream.ts";
+export * from "./sync.ts";
+export * from "./group.ts";

@@ -46,8 +46,9 @@ import {
 } from "./_server_options.ts";
 import { echoHandler } from "./echo.ts";
 import { BusyError, Cancelled, TimeoutError } from "./errors.ts";
-import { accept, cancel, join, type Operation, sleep, spawn, timeout, wait } from "./intents.ts";
+import { accept, cancel, join, type Operation, sleep, spawn, timeout } from "./intents.ts";
 import { Scheduler, type Task } from "./scheduler.ts";
+import { Event, Semaphore } from "./sync.ts";
 
 // How long the accept loop waits before trying again after a failure that is not one
 // client's (too many open files, say): doubling up to the maximum while the failure lasts,
@@ -305,22 +306,25 @@ export function* tcpServer(
   const onDisconnect = options?.onDisconnect ?? logDisconnect;
   const onAcceptError = options?.onAcceptError ?? acceptErrorLog();
 
+  // A slot per connection: at the limit the loop waits for one on the semaphore, where
+  // `tasks()` shows it, and after the listener closed it waits for the last to end.
+  const slots = new Semaphore(maxConnections);
   let open = 0;
-  let connectionEnded: PromiseWithResolvers<void> | null = null;
+  let lastEnded: Event | null = null;
   const ended = (): void => {
     open--;
-    connectionEnded?.resolve();
-    connectionEnded = null;
+    slots.release();
+    if (open === 0) lastEnded?.set();
   };
-  const nextEnd = (): Promise<void> => (connectionEnded ??= Promise.withResolvers()).promise;
 
   let retryMs = ACCEPT_RETRY_MS;
   for (;;) {
-    while (open >= maxConnections) yield* wait(nextEnd());
+    yield* slots.acquire();
     let conn: Deno.Conn;
     try {
       conn = yield* accept(listener);
     } catch (error) {
+      slots.release();
       if (listenerClosed(error)) break;
       if (error instanceof Cancelled || error instanceof TimeoutError) throw error;
       if (error instanceof BusyError) throw error;
@@ -354,7 +358,7 @@ export function* tcpServer(
       disconnected(null, error);
     }
   }
-  while (open > 0) yield* wait(nextEnd());
+  if (open > 0) yield* (lastEnded = new Event()).wait();
 }
 
 /**

@@ -513,7 +513,7 @@ interface BenchReport {
 /** Runs `bench/kernel_bench.ts` and tabulates it: time per operation, ratio to async. */
 async function microbenchmarks(): Promise<string> {
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["bench", "--json", "--allow-net", "bench/kernel_bench.ts"],
+    args: ["bench", "--json", "--allow-net", "bench/kernel_bench.ts", "bench/sync_bench.ts"],
     cwd: ROOT,
     stderr: "inherit",
   }).output();

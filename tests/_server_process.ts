@@ -76,10 +76,11 @@ export interface ServerProcess extends AsyncDisposable {
   exited(): Promise<Exit>;
 }
 
-// Starts `deno run --allow-net server.ts ARGS` and waits for its "Listening on" line.
-export async function startServer(args: string[]): Promise<ServerProcess> {
+// Starts `deno run --allow-net server.ts ARGS` (or another program with the same first line,
+// such as an example) and waits for its "Listening on" line.
+export async function startServer(args: string[], script = SERVER): Promise<ServerProcess> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-net", SERVER, ...args],
+    args: ["run", "--allow-net", script, ...args],
     cwd: ROOT,
     stdin: "null",
     stdout: "piped",
@@ -129,12 +130,12 @@ export async function startServer(args: string[]): Promise<ServerProcess> {
 }
 
 // Runs `deno run [--allow-net] server.ts ARGS` to completion, for the flags that exit at once.
-export async function runServer(args: string[], allowNet = true): Promise<Exit> {
+export async function runServer(args: string[], allowNet = true, script = SERVER): Promise<Exit> {
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(), EXIT_MS);
   try {
     const output = await new Deno.Command(Deno.execPath(), {
-      args: ["run", ...(allowNet ? ["--allow-net"] : []), SERVER, ...args],
+      args: ["run", ...(allowNet ? ["--allow-net"] : []), script, ...args],
       cwd: ROOT,
       stdin: "null",
       env: { NO_COLOR: "1" },
