@@ -55,5 +55,8 @@ export * from "./errors.ts";
 export * from "./tcp_server.ts";
 export * from "./echo.ts";
 export * from "./proxy_protocol.ts";
+export * from "./stream.ts";
+export * from "./sync.ts";
+export * from "./group.ts";
 export * from "./monitor.ts";
 export * from "./metrics.ts";

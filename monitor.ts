@@ -361,7 +361,7 @@ const TOO_LONG: unique symbol = Symbol("too long");
 
 // Lines of at most MAX_LINE_BYTES, read with plain `read` intents. A longer line is skipped
 // to its end and reported as TOO_LONG, so the session never holds more than a line and a
-// read.
+// read, and goes on. (`Stream.readLine()` gives up on its stream after a line too long.)
 class LineReader {
   #conn: Deno.Conn;
   #buffer = new Uint8Array(READ_SIZE);

@@ -76,14 +76,15 @@ export interface ServerProcess extends AsyncDisposable {
   exited(): Promise<Exit>;
 }
 
-// Starts `deno run --allow-net server.ts ARGS` (or with other permissions) and waits for its
-// "Listening on" line.
+// Starts `deno run --allow-net server.ts ARGS` (or another program with the same first line,
+// such as an example, or with other permissions) and waits for its "Listening on" line.
 export async function startServer(
   args: string[],
+  script = SERVER,
   permissions: string[] = ["--allow-net"],
 ): Promise<ServerProcess> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", ...permissions, SERVER, ...args],
+    args: ["run", ...permissions, script, ...args],
     cwd: ROOT,
     stdin: "null",
     stdout: "piped",
@@ -133,12 +134,12 @@ export async function startServer(
 }
 
 // Runs `deno run [--allow-net] server.ts ARGS` to completion, for the flags that exit at once.
-export async function runServer(args: string[], allowNet = true): Promise<Exit> {
+export async function runServer(args: string[], allowNet = true, script = SERVER): Promise<Exit> {
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(), EXIT_MS);
   try {
     const output = await new Deno.Command(Deno.execPath(), {
-      args: ["run", ...(allowNet ? ["--allow-net"] : []), SERVER, ...args],
+      args: ["run", ...(allowNet ? ["--allow-net"] : []), script, ...args],
       cwd: ROOT,
       stdin: "null",
       env: { NO_COLOR: "1" },

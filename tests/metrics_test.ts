@@ -43,7 +43,11 @@ async function startWithMetrics(
   args: string[] = [],
   permissions?: string[],
 ): Promise<[ServerProcess, string]> {
-  const server = await startServer(["--port", "0", "--metrics", "0", ...args], permissions);
+  const server = await startServer(
+    ["--port", "0", "--metrics", "0", ...args],
+    undefined,
+    permissions,
+  );
   const line = await server.stdout.waitFor(/^Metrics on /, 5_000);
   const match = line.match(/^Metrics on (http:\/\/\S+\/metrics)$/);
   assert.ok(match, line);

@@ -154,7 +154,8 @@ Deno.test("server.ts survives a client that resets, and keeps serving the others
 });
 
 Deno.test({
-  name: "server.ts skips a client that reset before it was accepted, and goes on accepting",
+  name:
+    "server.ts skips a client that reset before it was accepted, quietly, and goes on accepting",
   ignore: !HAS_PYTHON,
   async fn() {
     await using server = await startServer(["--port", "0", "--max-connections", "1"]);
@@ -169,13 +170,11 @@ s.close()`;
     assert.ok(python.success, decode(python.stderr));
     holder.close();
 
-    await server.stderr.waitFor(
-      /^Accept failed: (NotConnected|ConnectionReset|ConnectionAborted)/,
-      5_000,
-    );
     using next = await connect(server.port);
     assert.equal(await echo(next, "still here"), "GOT:still here");
     assert.equal(server.stdout.count(/^Connection from /), 2);
+    // One client's reset is not worth an operator's attention: no line for it.
+    assert.equal(server.stderr.count(/^Accept failed/), 0);
   },
 });
 
