@@ -67,8 +67,9 @@ class Lines {
 }
 
 export interface ServerProcess extends AsyncDisposable {
-  readonly hostname: string;
-  readonly port: number;
+  readonly hostname: string; // "" on a Unix socket
+  readonly port: number; // 0 on a Unix socket
+  readonly path: string | null; // the Unix socket's, from "Listening on unix:PATH"
   readonly stdout: Lines;
   readonly stderr: Lines;
   kill(signal?: Deno.Signal): void;
@@ -76,10 +77,13 @@ export interface ServerProcess extends AsyncDisposable {
   exited(): Promise<Exit>;
 }
 
-// Starts `deno run --allow-net server.ts ARGS` and waits for its "Listening on" line.
-export async function startServer(args: string[]): Promise<ServerProcess> {
+// Starts `deno run PERMISSIONS server.ts ARGS` and waits for its "Listening on" line.
+export async function startServer(
+  args: string[],
+  permissions: string[] = ["--allow-net"],
+): Promise<ServerProcess> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-net", SERVER, ...args],
+    args: ["run", ...permissions, SERVER, ...args],
     cwd: ROOT,
     stdin: "null",
     stdout: "piped",
@@ -105,13 +109,14 @@ export async function startServer(args: string[]): Promise<ServerProcess> {
   };
   try {
     const line = await stdout.waitFor(/^/, STARTUP_MS);
-    const match = line.match(/^Listening on (\[(.+)\]|([^:]+)):(\d+)$/);
+    const match = line.match(/^Listening on (?:unix:(.+)|(\[(.+)\]|([^:]+)):(\d+))$/);
     if (match === null) {
       throw new Error(`Expected "Listening on HOST:PORT" first, got ${JSON.stringify(line)}`);
     }
     return {
-      hostname: match[2] ?? match[3],
-      port: Number(match[4]),
+      hostname: match[3] ?? match[4] ?? "",
+      port: Number(match[5] ?? 0),
+      path: match[1] ?? null,
       stdout,
       stderr,
       kill,
@@ -128,13 +133,16 @@ export async function startServer(args: string[]): Promise<ServerProcess> {
   }
 }
 
-// Runs `deno run [--allow-net] server.ts ARGS` to completion, for the flags that exit at once.
-export async function runServer(args: string[], allowNet = true): Promise<Exit> {
+// Runs `deno run PERMISSIONS server.ts ARGS` to completion, for the flags that exit at once.
+export async function runServer(
+  args: string[],
+  permissions: string[] = ["--allow-net"],
+): Promise<Exit> {
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(), EXIT_MS);
   try {
     const output = await new Deno.Command(Deno.execPath(), {
-      args: ["run", ...(allowNet ? ["--allow-net"] : []), SERVER, ...args],
+      args: ["run", ...permissions, SERVER, ...args],
       cwd: ROOT,
       stdin: "null",
       env: { NO_COLOR: "1" },
