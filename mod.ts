@@ -53,3 +53,6 @@ export * from "./errors.ts";
 export * from "./tcp_server.ts";
 export * from "./echo.ts";
 export * from "./proxy_protocol.ts";
+export * from "./stream.ts";
+export * from "./sync.ts";
+export * from "./group.ts";

@@ -49,6 +49,7 @@ import { echoHandler } from "./echo.ts";
 import { BusyError, Cancelled, TimeoutError } from "./errors.ts";
 import { accept, cancel, join, type Operation, sleep, spawn, timeout, wait } from "./intents.ts";
 import { Scheduler, type Task } from "./scheduler.ts";
+import { Event, Semaphore } from "./sync.ts";
 
 // How long the accept loop waits before trying again after a failure that is not one
 // client's (too many open files, say): doubling up to the maximum while the failure lasts,
@@ -155,7 +156,9 @@ export interface TcpServerOptions<A extends Deno.Addr = Deno.NetAddr> extends Ha
    * a failure that is not one client's (too many open files), it first waits 100 ms,
    * doubling up to 5 s while the failure lasts.
    *
-   * @default {one line on stderr; the same failure again at most once a minute}
+   * @default {one line on stderr for a failure that is not one client's (a client that
+   * reset before it was accepted is not worth a line); the same failure again at most once
+   * a minute}
    */
   onAcceptError?: (error: unknown) => void;
 }
@@ -371,22 +374,25 @@ export function* tcpServer<A extends Deno.Addr = Deno.NetAddr>(
   const onDisconnect = options?.onDisconnect ?? logDisconnect;
   const onAcceptError = options?.onAcceptError ?? acceptErrorLog();
 
+  // A slot per connection: at the limit the loop waits for one on the semaphore, where
+  // `tasks()` shows it, and after the listener closed it waits for the last to end.
+  const slots = new Semaphore(maxConnections);
   let open = 0;
-  let connectionEnded: PromiseWithResolvers<void> | null = null;
+  let lastEnded: Event | null = null;
   const ended = (): void => {
     open--;
-    connectionEnded?.resolve();
-    connectionEnded = null;
+    slots.release();
+    if (open === 0) lastEnded?.set();
   };
-  const nextEnd = (): Promise<void> => (connectionEnded ??= Promise.withResolvers()).promise;
 
   let retryMs = ACCEPT_RETRY_MS;
   for (;;) {
-    while (open >= maxConnections) yield* wait(nextEnd());
+    yield* slots.acquire();
     let conn: Deno.Conn;
     try {
       conn = yield* accept(listener);
     } catch (error) {
+      slots.release();
       if (listenerClosed(error)) break;
       if (error instanceof Cancelled || error instanceof TimeoutError) throw error;
       if (error instanceof BusyError) throw error;
@@ -423,7 +429,7 @@ export function* tcpServer<A extends Deno.Addr = Deno.NetAddr>(
       disconnected(null, error);
     }
   }
-  while (open > 0) yield* wait(nextEnd());
+  if (open > 0) yield* (lastEnded = new Event()).wait();
 }
 
 /**
@@ -683,6 +689,7 @@ function acceptErrorLog(): (error: unknown) => void {
   let printedAt = -Infinity;
   let leftOut = 0;
   return (error) => {
+    if (failedBeforeAccept(error)) return;
     const line = `Accept failed: ${describe(error)}`;
     const now = performance.now();
     if (line === last && now - printedAt < ACCEPT_LOG_REPEAT_MS) {

@@ -1,6 +1,8 @@
 /**
  * The benchmark: genio's echo server (`server.ts`) against the raw async/await one
- * (`bench/raw_echo.ts`) under the same load profiles, then the kernel's microbenchmarks
+ * (`bench/raw_echo.ts`) under the same load profiles, a line protocol server built on
+ * `Stream` (`bench/line_server.ts`) against one with hand-written buffering
+ * (`bench/raw_line.ts`), then the kernel's microbenchmarks
  * (`bench/kernel_bench.ts`). Prints every figure with its ratio to the raw server, how busy
  * the load client was, and whether the targets of issue #5 hold; writes the tables to
  * `bench/.build/results.md` and every run's figures to `bench/.build/results.json`.
@@ -18,6 +20,7 @@
  * deno task bench --genio-args="--idle-timeout 0"
  * deno task bench --genio bench/trampoline_echo.ts --no-micro # the scheduler-free yardstick
  * deno task bench --baseline old/server.ts --no-micro         # one genio against another
+ * deno task bench --profiles line100 --reps 3 --no-micro      # the line protocol only
  * ```
  *
  * @module
@@ -27,9 +30,13 @@ import { parseFlags } from "./_flags.ts";
 /** One load profile, as the load client runs it. */
 interface Profile {
   readonly name: string;
-  readonly mode: "pingpong" | "bulk" | "idle";
+  readonly mode: "pingpong" | "bulk" | "idle" | "lines";
   readonly conns: number;
   readonly size: number;
+  /** Lines each connection sends at once, in the lines mode. */
+  readonly depth?: number;
+  /** The two servers, when not `--baseline` and `--genio`. */
+  readonly servers?: { readonly raw: Server; readonly genio: Server };
   /** Minimum genio / raw ratio (maximum for RSS) from issue #5. */
   readonly target?: number;
 }
@@ -37,6 +44,7 @@ interface Profile {
 /** The fields of one `RESULT {json}` line of the load client that this script reads. */
 interface LoadResult {
   rps?: number;
+  lines_per_s?: number;
   p50_us?: number;
   p99_us?: number;
   payload_MBps?: number;
@@ -75,7 +83,7 @@ const NOISE_LIMIT = 20;
 const { values: flags } = parseFlags("bench", {
   args: Deno.args,
   options: {
-    profiles: { type: "string", default: "pp1,pp100,pp1000,bulk10,idle" },
+    profiles: { type: "string", default: "pp1,pp100,pp1000,bulk10,idle,line100" },
     reps: { type: "string", default: "7" },
     "idle-reps": { type: "string", default: "3" },
     "idle-conns": { type: "string", default: "10000" },
@@ -119,6 +127,18 @@ const PROFILES: readonly Profile[] = [
   { name: "pp1000", mode: "pingpong", conns: 1000, size: 64, target: 0.95 },
   { name: "bulk10", mode: "bulk", conns: 10, size: 65536, target: 0.95 },
   { name: "idle", mode: "idle", conns: idleConns, size: 64, target: 1.2 },
+  {
+    name: "line100",
+    mode: "lines",
+    conns: 100,
+    size: 64,
+    depth: 16,
+    target: 0.9,
+    servers: {
+      raw: { name: "raw", path: "bench/raw_line.ts", args: [] },
+      genio: { name: "genio", path: "bench/line_server.ts", args: [] },
+    },
+  },
 ];
 
 const RAW: Server = { name: "raw", path: flags.baseline, args: [] };
@@ -253,6 +273,7 @@ async function load(
     ...["--port", servers.map((s) => s.port).join(",")],
     ...["--pid", servers.map((s) => s.child.pid).join(",")],
     ...["--mode", profile.mode, "--conns", `${profile.conns}`, "--size", `${profile.size}`],
+    ...(profile.depth === undefined ? [] : ["--depth", `${profile.depth}`]),
     ...["--warmup", `${warmup}`, "--duration", `${duration}`, "--slice", flags.slice],
     ...["--hold", `${hold}`],
     // With a CPU of its own, the client polls epoll instead of sleeping in it, so its own
@@ -283,7 +304,8 @@ function noise(result: LoadResult): number {
 
 /** One repetition of a two-server profile: both servers, turns interleaved. */
 async function pairRep(profile: Profile, rep: number, pin: boolean): Promise<Rep> {
-  const order = rep % 2 === 1 ? [RAW, GENIO] : [GENIO, RAW];
+  const { raw, genio } = profile.servers ?? { raw: RAW, genio: GENIO };
+  const order = rep % 2 === 1 ? [raw, genio] : [genio, raw];
   const running = await Promise.all(order.map((server) => start(server, pin)));
   try {
     const results = await load(profile, running, pin);
@@ -386,6 +408,28 @@ function rowsFor(profile: Profile, results: Rep[]): Row[] {
       },
     ];
   }
+  if (profile.mode === "lines") {
+    return [
+      {
+        ...base,
+        figure:
+          `lines/s, ${profile.conns} conn × ${profile.depth} pipelined ${profile.size}-B lines`,
+        raw: fmt(med("raw", "lines_per_s")),
+        genio: fmt(med("genio", "lines_per_s")),
+        ratio: ratioText("lines_per_s"),
+        target: verdict("lines_per_s", true),
+        client,
+      },
+      {
+        ...base,
+        figure: `latency of ${profile.depth} lines p50 / p99 (µs)`,
+        raw: `${fmt(med("raw", "p50_us"))} / ${fmt(med("raw", "p99_us"))}`,
+        genio: `${fmt(med("genio", "p50_us"))} / ${fmt(med("genio", "p99_us"))}`,
+        ratio: `${median(ratios("p50_us")).toFixed(2)} / ${median(ratios("p99_us")).toFixed(2)}`,
+        target: ok.length === results.length ? "" : runs,
+      },
+    ];
+  }
   if (profile.mode === "bulk") {
     return [{
       ...base,
@@ -435,6 +479,8 @@ function describe(result: LoadResult, mode: Profile["mode"]): string {
   if (mode === "idle") return `${fmt(result.rss_per_conn_B!)} B/conn, ${result.served} served`;
   const figure = mode === "bulk"
     ? `${fmt(result.payload_MBps!)} MB/s`
+    : mode === "lines"
+    ? `${fmt(result.lines_per_s!)} lines/s, p99 ${fmt(result.p99_us!)} µs`
     : `${fmt(result.rps!)} rt/s, p99 ${fmt(result.p99_us!)} µs`;
   return `${figure}, server CPU ${fmt(result.server_cpu_pct!)} %, client busy ${
     fmt(result.client_busy_pct!)
@@ -467,7 +513,7 @@ interface BenchReport {
 /** Runs `bench/kernel_bench.ts` and tabulates it: time per operation, ratio to async. */
 async function microbenchmarks(): Promise<string> {
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["bench", "--json", "--allow-net", "bench/kernel_bench.ts"],
+    args: ["bench", "--json", "--allow-net", "bench/kernel_bench.ts", "bench/sync_bench.ts"],
     cwd: ROOT,
     stderr: "inherit",
   }).output();

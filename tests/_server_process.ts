@@ -3,7 +3,7 @@
 import { within } from "./_net.ts";
 
 const ROOT = new URL("..", import.meta.url);
-const SERVER = new URL("../server.ts", import.meta.url).pathname;
+export const SERVER: string = new URL("../server.ts", import.meta.url).pathname;
 const STARTUP_MS = 30_000;
 const EXIT_MS = 20_000;
 
@@ -77,13 +77,15 @@ export interface ServerProcess extends AsyncDisposable {
   exited(): Promise<Exit>;
 }
 
-// Starts `deno run PERMISSIONS server.ts ARGS` and waits for its "Listening on" line.
+// Starts `deno run PERMISSIONS SCRIPT ARGS` (server.ts with --allow-net unless told, or another
+// program with the same first line, such as an example) and waits for its "Listening on" line.
 export async function startServer(
   args: string[],
+  script: string = SERVER,
   permissions: string[] = ["--allow-net"],
 ): Promise<ServerProcess> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", ...permissions, SERVER, ...args],
+    args: ["run", ...permissions, script, ...args],
     cwd: ROOT,
     stdin: "null",
     stdout: "piped",
@@ -133,16 +135,19 @@ export async function startServer(
   }
 }
 
-// Runs `deno run PERMISSIONS server.ts ARGS` to completion, for the flags that exit at once.
+// Runs `deno run PERMISSIONS SCRIPT ARGS` to completion, for the flags that exit at once.
+// `allowNet` is --allow-net (true), nothing (false), or the permission flags themselves.
 export async function runServer(
   args: string[],
-  permissions: string[] = ["--allow-net"],
+  allowNet: boolean | string[] = true,
+  script: string = SERVER,
 ): Promise<Exit> {
+  const permissions = allowNet === true ? ["--allow-net"] : allowNet === false ? [] : allowNet;
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(), EXIT_MS);
   try {
     const output = await new Deno.Command(Deno.execPath(), {
-      args: ["run", ...permissions, SERVER, ...args],
+      args: ["run", ...permissions, script, ...args],
       cwd: ROOT,
       stdin: "null",
       env: { NO_COLOR: "1" },

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import denoJson from "../deno.json" with { type: "json" };
-import { runServer, startServer } from "./_server_process.ts";
+import { runServer, SERVER, startServer } from "./_server_process.ts";
 import { makeCertificate, skipWithoutOpenssl } from "./_tls.ts";
 import {
   connect,
@@ -165,7 +165,8 @@ Deno.test("server.ts survives a client that resets, and keeps serving the others
 });
 
 Deno.test({
-  name: "server.ts skips a client that reset before it was accepted, and goes on accepting",
+  name:
+    "server.ts skips a client that reset before it was accepted, quietly, and goes on accepting",
   ignore: !HAS_PYTHON,
   async fn() {
     await using server = await startServer(["--port", "0", "--max-connections", "1"]);
@@ -180,13 +181,11 @@ s.close()`;
     assert.ok(python.success, decode(python.stderr));
     holder.close();
 
-    await server.stderr.waitFor(
-      /^Accept failed: (NotConnected|ConnectionReset|ConnectionAborted)/,
-      5_000,
-    );
     using next = await connect(server.port);
     assert.equal(await echo(next, "still here"), "GOT:still here");
     assert.equal(server.stdout.count(/^Connection from /), 2);
+    // One client's reset is not worth an operator's attention: no line for it.
+    assert.equal(server.stderr.count(/^Accept failed/), 0);
   },
 });
 
@@ -372,7 +371,7 @@ Deno.test("server.ts exits 1 with one line when the address is in use", async ()
 });
 
 Deno.test("server.ts exits 1 with one line without net permission", async () => {
-  const exit = await runServer(["--port", "0"], []);
+  const exit = await runServer(["--port", "0"], false);
   assert.equal(exit.code, 1);
   assert.equal(exit.stderr.length, 1);
   assert.match(exit.stderr[0], /^error: Cannot listen on 127\.0\.0\.1:0: .*--allow-net/);
@@ -391,6 +390,7 @@ Deno.test({
     const { certFile, keyFile, cert } = certificate;
     await using server = await startServer(
       ["--port", "0", "--cert", certFile, "--key", keyFile],
+      SERVER,
       READ,
     );
     assert.equal(server.stdout.lines[0], `Listening on ${HOST}:${server.port}`);
@@ -410,6 +410,7 @@ Deno.test({
     const { certFile, keyFile, cert } = certificate;
     await using server = await startServer(
       ["--port", "0", "--cert", certFile, "--key", keyFile],
+      SERVER,
       READ,
     );
     using tls = await Deno.connectTls({ hostname: HOST, port: server.port, caCerts: [cert] });
@@ -435,6 +436,7 @@ Deno.test({
     const { certFile, keyFile, cert } = certificate;
     await using server = await startServer(
       ["--port", "0", "--cert", certFile, "--key", keyFile, "--idle-timeout", "0.3"],
+      SERVER,
       READ,
     );
     using silent = await connect(server.port);
@@ -500,7 +502,7 @@ const UNIX = ["--allow-net", "--allow-read", "--allow-write"];
 
 Deno.test("server.ts --unix prints `Listening on unix:PATH`, echoes, and names connections by the socket", async () => {
   using socket = socketPath();
-  await using server = await startServer(["--unix", socket.path], UNIX);
+  await using server = await startServer(["--unix", socket.path], SERVER, UNIX);
   assert.equal(server.stdout.lines[0], `Listening on unix:${socket.path}`);
   assert.equal(server.path, socket.path);
   const conn = await Deno.connect({ path: socket.path, transport: "unix" });
@@ -515,7 +517,7 @@ Deno.test("server.ts --unix prints `Listening on unix:PATH`, echoes, and names c
 
 Deno.test("server.ts --unix removes its socket file when it shuts down", async () => {
   using socket = socketPath();
-  const server = await startServer(["--unix", socket.path], UNIX);
+  const server = await startServer(["--unix", socket.path], SERVER, UNIX);
   assert.ok(Deno.lstatSync(socket.path).isSocket);
   server.kill("SIGTERM");
   const exit = await server.exited();
@@ -525,11 +527,11 @@ Deno.test("server.ts --unix removes its socket file when it shuts down", async (
 
 Deno.test("server.ts --unix replaces the stale socket file of a server that was killed", async () => {
   using socket = socketPath();
-  const killed = await startServer(["--unix", socket.path], UNIX);
+  const killed = await startServer(["--unix", socket.path], SERVER, UNIX);
   killed.kill("SIGKILL");
   await killed.exited();
   assert.ok(Deno.lstatSync(socket.path).isSocket, "a killed server leaves its socket file");
-  await using server = await startServer(["--unix", socket.path], UNIX);
+  await using server = await startServer(["--unix", socket.path], SERVER, UNIX);
   assert.equal(server.path, socket.path);
   using conn = await Deno.connect({ path: socket.path, transport: "unix" });
   assert.equal(await echo(conn, "fresh"), "GOT:fresh");
@@ -537,7 +539,7 @@ Deno.test("server.ts --unix replaces the stale socket file of a server that was 
 
 Deno.test("server.ts --unix exits 1 with `address already in use` on a live server's socket, which goes on", async () => {
   using socket = socketPath();
-  await using live = await startServer(["--unix", socket.path], UNIX);
+  await using live = await startServer(["--unix", socket.path], SERVER, UNIX);
   const exit = await runServer(["--unix", socket.path], UNIX);
   assert.equal(exit.code, 1);
   assert.deepEqual(exit.stdout, []);

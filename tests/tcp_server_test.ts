@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { Cancelled, type Operation, read, Scheduler } from "../mod.ts";
+import { Cancelled, type Operation, read, Scheduler, Semaphore } from "../mod.ts";
 import { echoHandler } from "../echo.ts";
 import { type Handler, serve, tcpServer } from "../tcp_server.ts";
 import { createTestScheduler } from "../testing.ts";
@@ -194,6 +194,7 @@ Deno.test("tcpServer stops calling accept at maxConnections and resumes when one
   await until(() => scheduler.acceptWaiting.size === 0, "the accept loop to stop accepting");
   const loop = scheduler.tasks().find((task) => task.name === "tcp-server")!;
   assert.equal(loop.state, "waiting");
+  assert.ok(loop.waitingOn instanceof Semaphore, "it waits for a slot on a semaphore");
   assert.equal(server.connections, 1);
   first.close();
   assert.equal(await readExactly(second, 5), "GOT:2");
