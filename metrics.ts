@@ -99,7 +99,7 @@ const CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
  * ```
  */
 export function serveMetrics(
-  server: Server,
+  server: Server<Deno.Addr>,
   options?: MetricsOptions,
 ): Deno.HttpServer<Deno.NetAddr> {
   const hostname = options?.hostname ?? "127.0.0.1";
@@ -116,7 +116,7 @@ export function serveMetrics(
   return http;
 }
 
-function respond(server: Server, request: Request): Response {
+function respond(server: Server<Deno.Addr>, request: Request): Response {
   if (new URL(request.url).pathname !== "/metrics") {
     return new Response("Not found: the metrics are at /metrics\n", { status: 404 });
   }

@@ -153,7 +153,7 @@ quit        end this session`;
  * assert.match(text, /bye\n$/);
  * ```
  */
-export function serveMonitor(server: Server, options?: MonitorOptions): Monitor {
+export function serveMonitor(server: Server<Deno.Addr>, options?: MonitorOptions): Monitor {
   const port = options?.port ?? 0;
   if (!(Number.isInteger(port) && port >= 0 && port <= 65535)) {
     throw new RangeError(
@@ -181,7 +181,7 @@ export function serveMonitor(server: Server, options?: MonitorOptions): Monitor 
 // cancels the sessions still open.
 function* monitor(
   listener: Deno.Listener,
-  server: Server,
+  server: Server<Deno.Addr>,
   session: Handler,
   idleTimeout: number,
 ): Operation<void> {
@@ -206,7 +206,11 @@ function* monitor(
   }
 }
 
-function* session(conn: Deno.Conn, server: Server, monitor: Task<void>): Operation<void> {
+function* session(
+  conn: Deno.Conn,
+  server: Server<Deno.Addr>,
+  monitor: Task<void>,
+): Operation<void> {
   const lines = new LineReader(conn);
   const say = (text: string) => write(conn, new TextEncoder().encode(text));
   yield* say(`genio monitor: type help for the commands\n${PROMPT}`);
@@ -241,7 +245,7 @@ function* session(conn: Deno.Conn, server: Server, monitor: Task<void>): Operati
   }
 }
 
-function ps(server: Server): string {
+function ps(server: Server<Deno.Addr>): string {
   const now = server.scheduler.now();
   const rows = server.scheduler.tasks().map((info) => {
     const connection = info.parent === server.task.id || info.bytesRead + info.bytesWritten > 0;
@@ -259,7 +263,7 @@ function ps(server: Server): string {
   return table(["ID", "NAME", "STATE", "WAITING ON", "DEADLINE", "AGE", "IN", "OUT"], rows);
 }
 
-function where(server: Server, argument: string | undefined): string {
+function where(server: Server<Deno.Addr>, argument: string | undefined): string {
   const id = taskId(argument);
   if (id === null) return "usage: where ID (a task's id, as ps shows it)";
   const tasks = new Map(server.scheduler.tasks().map((info) => [info.id, info]));
@@ -279,7 +283,7 @@ function where(server: Server, argument: string | undefined): string {
 }
 
 function* cancelTask(
-  server: Server,
+  server: Server<Deno.Addr>,
   monitor: Task<void>,
   argument: string | undefined,
 ): Operation<string> {

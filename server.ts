@@ -3,7 +3,8 @@
  * 127.0.0.1:25000 and answers every chunk a client sends with `GOT:` followed by that chunk,
  * as the classic Python generator echo server (generator tasks driven by a `select()` loop)
  * does. It prints `Listening on 127.0.0.1:25000`, then one line per connection opened and
- * closed. SIGINT or SIGTERM stops it gracefully; `--help` lists every flag.
+ * closed. `--cert` and `--key` serve TLS; `--unix` listens on a Unix socket. SIGINT or
+ * SIGTERM stops it gracefully; `--help` lists every flag.
  *
  * As a library this entry point re-exports {@linkcode serve}, {@linkcode tcpServer} and
  * their types from `@genio/genio/tcp-server`, and {@linkcode echoHandler} from
@@ -71,6 +72,11 @@ Options:
       --grace <s>            On SIGINT/SIGTERM, time open connections get to finish
                              before they are closed (default ${DEFAULT_GRACE_MS / 1000})
       --buffer-size <bytes>  Largest chunk read and answered at once (default ${DEFAULT_BUFFER_SIZE})
+      --cert <file>          Serve TLS with this PEM certificate chain; needs --key and
+                             --allow-read
+      --key <file>           The PEM private key of --cert
+      --unix <path>          Listen on this Unix socket instead of TCP, replacing a stale
+                             socket file; needs --allow-read --allow-write
   -q, --quiet                Do not print a line per connection opened and closed
       --monitor <port>       Serve a console (ps, where, stats, cancel) on 127.0.0.1:<port>
                              for nc; 0 picks a free port (default off)
@@ -81,9 +87,9 @@ Options:
   -h, --help                 Print this help and exit
   -V, --version              Print the version and exit
 
-Output: "Listening on HOST:PORT" first ("Monitor on HOST:PORT" and "Metrics on URL" next
-with --monitor and --metrics), then "Connection from ADDR" and "Connection closed ADDR" on
-stdout; failures, one line each, on stderr.
+Output: "Listening on HOST:PORT" (or unix:PATH) first ("Monitor on HOST:PORT" and
+"Metrics on URL" next with --monitor and --metrics), then "Connection from ADDR" and
+"Connection closed ADDR" on stdout; failures, one line each, on stderr.
 
 Exit status: 0 after a shutdown by SIGINT/SIGTERM, 1 when the server cannot listen or fails,
 2 for a bad command line, 130 (SIGINT) or 143 (SIGTERM) when a second signal cuts the
@@ -101,6 +107,9 @@ interface CommandLine {
   idleTimeout: number;
   grace: number;
   bufferSize: number;
+  cert: string | null;
+  key: string | null;
+  unix: string | null;
   monitor: number | undefined;
   metrics: number | undefined;
   metricsHostname: string;
@@ -114,6 +123,9 @@ const VALUE_FLAGS: readonly string[] = [
   "--idle-timeout",
   "--grace",
   "--buffer-size",
+  "--cert",
+  "--key",
+  "--unix",
   "--monitor",
   "--metrics",
   "--metrics-hostname",
@@ -142,6 +154,9 @@ function parseCommandLine(args: readonly string[]): CommandLine {
         "idle-timeout": { type: "string" },
         grace: { type: "string" },
         "buffer-size": { type: "string" },
+        cert: { type: "string" },
+        key: { type: "string" },
+        unix: { type: "string" },
         monitor: { type: "string" },
         metrics: { type: "string" },
         "metrics-hostname": { type: "string" },
@@ -156,6 +171,21 @@ function parseCommandLine(args: readonly string[]): CommandLine {
   }
   const hostname = values.hostname ?? DEFAULT_HOSTNAME;
   if (hostname === "") throw new UsageError(`--hostname must not be empty`);
+  const { cert = null, key = null, unix = null } = values;
+  for (const [flag, value] of [["--cert", cert], ["--key", key], ["--unix", unix]]) {
+    if (value === "") throw new UsageError(`${flag} must not be empty`);
+  }
+  if ((cert === null) !== (key === null)) {
+    throw new UsageError(cert === null ? "--key needs --cert" : "--cert needs --key");
+  }
+  if (unix !== null) {
+    const tcpFlag = [
+      ["--port", values.port],
+      ["--hostname", values.hostname],
+      ["--cert", cert],
+    ].find(([, value]) => value != null)?.[0];
+    if (tcpFlag !== undefined) throw new UsageError(`--unix cannot be used with ${tcpFlag}`);
+  }
   const metricsHostname = values["metrics-hostname"];
   if (metricsHostname !== undefined && values.metrics === undefined) {
     throw new UsageError(`--metrics-hostname needs --metrics`);
@@ -183,6 +213,9 @@ function parseCommandLine(args: readonly string[]): CommandLine {
       1,
       MAX_BUFFER_SIZE,
     ),
+    cert,
+    key,
+    unix,
     monitor: optionalPort("--monitor", values.monitor),
     metrics: optionalPort("--metrics", values.metrics),
     metricsHostname: metricsHostname ?? DEFAULT_HOSTNAME,
@@ -219,12 +252,53 @@ function secondsFlag(flag: string, text: string | undefined, fallbackMs: number)
   return Math.round(seconds * 1000);
 }
 
-function whyNotListening(error: unknown): string {
+// Why listening or reading a file failed, for an operator: Deno's error, said shortly.
+function why(error: unknown): string {
   if (error instanceof Deno.errors.AddrInUse) return "address already in use";
-  if (error instanceof Deno.errors.NotCapable) return "no net permission (run with --allow-net)";
+  if (error instanceof Deno.errors.NotCapable) {
+    const [, access = "net", flag = "--allow-net"] =
+      error.message.match(/Requires (\w+) access.*(--allow-[\w-]+)/) ?? [];
+    return `no ${access} permission (run with ${flag})`;
+  }
   if (error instanceof Deno.errors.PermissionDenied) return "permission denied";
   if (error instanceof Deno.errors.AddrNotAvailable) return "address not available here";
+  if (error instanceof Deno.errors.NotFound) return "no such file";
+  if (error instanceof Deno.errors.IsADirectory) return "is a directory";
   return error instanceof Error ? error.message.split("\n", 1)[0] : String(error);
+}
+
+class StartError extends Error {}
+
+function readFlagFile(flag: string, file: string): string {
+  try {
+    return Deno.readTextFileSync(file);
+  } catch (error) {
+    throw new StartError(`Cannot read ${flag} "${file}": ${why(error)}`);
+  }
+}
+
+// A socket file whose server died is stale: nothing answers on it, so it can go. A live
+// server's stays, and this one cannot listen there. A file that is not a socket is never
+// removed: listening fails on it.
+async function removeStaleSocket(path: string): Promise<void> {
+  try {
+    if (!Deno.lstatSync(path).isSocket) return;
+    if (await answers(path)) throw new Deno.errors.AddrInUse();
+    Deno.removeSync(path);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return; // nothing there, or gone meanwhile
+    throw new StartError(`Cannot listen on unix:${path}: ${why(error)}`);
+  }
+}
+
+async function answers(path: string): Promise<boolean> {
+  try {
+    (await Deno.connect({ path, transport: "unix" })).close();
+    return true;
+  } catch (error) {
+    if (error instanceof Deno.errors.ConnectionRefused) return false;
+    throw error;
+  }
 }
 
 function plural(n: number, noun: string): string {
@@ -249,9 +323,21 @@ async function main(args: readonly string[]): Promise<number> {
     return 0;
   }
 
+  let tls: { cert: string; key: string } | undefined;
+  try {
+    if (options.cert !== null && options.key !== null) {
+      tls = { cert: readFlagFile("--cert", options.cert), key: readFlagFile("--key", options.key) };
+    }
+    if (options.unix !== null) await removeStaleSocket(options.unix);
+  } catch (error) {
+    if (!(error instanceof StartError)) throw error;
+    console.error(`error: ${error.message}`);
+    return 1;
+  }
+
   // Listen for signals before the listener exists, so that none can arrive unhandled
   // between the "Listening on" line and the first shutdown.
-  let server: Server | undefined;
+  let server: Server<Deno.NetAddr> | Server<Deno.UnixAddr> | undefined;
   let stopping: Promise<ShutdownResult> | undefined;
   const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
   const listeners = signals.map((signal) => {
@@ -264,7 +350,7 @@ async function main(args: readonly string[]): Promise<number> {
     return () => Deno.removeSignalListener(signal, listener);
   });
   try {
-    server = startServer(options);
+    server = startServer(options, tls);
     if (server === undefined) return 1;
     const consoles = startConsoles(server, options);
     if (consoles === undefined) {
@@ -286,36 +372,57 @@ async function main(args: readonly string[]): Promise<number> {
   }
 }
 
-function startServer(options: CommandLine): Server | undefined {
-  const { quiet, idleTimeout } = options;
+function startServer(
+  options: CommandLine,
+  tls: { cert: string; key: string } | undefined,
+): Server<Deno.NetAddr> | Server<Deno.UnixAddr> | undefined {
+  const { quiet, idleTimeout, hostname, port, unix } = options;
+  const { maxConnections, grace, bufferSize } = options;
+  const common = {
+    maxConnections,
+    idleTimeout,
+    grace,
+    bufferSize,
+    onConnect: quiet ? undefined : (remoteAddr: Deno.Addr) => {
+      console.log(`Connection from ${formatAddress(remoteAddr)}`);
+    },
+    onDisconnect(remoteAddr: Deno.Addr, error: unknown) {
+      const peer = formatAddress(remoteAddr);
+      if (error instanceof TimeoutError) {
+        console.error(`Connection ${peer} timed out after ${idleTimeout / 1000} s idle`);
+      } else if (error !== undefined && !(error instanceof Cancelled)) {
+        console.error(`Connection ${peer} failed: ${describe(error)}`);
+      }
+      if (!quiet) console.log(`Connection closed ${peer}`);
+    },
+  };
+  const address = unix !== null
+    ? `unix:${unix}`
+    : formatAddress({ transport: "tcp", hostname, port });
   try {
     // serve()'s own onListen prints the "Listening on HOST:PORT" line.
-    return serve({
-      ...options,
-      onConnect: quiet ? undefined : (remoteAddr) => {
-        console.log(`Connection from ${formatAddress(remoteAddr)}`);
-      },
-      onDisconnect(remoteAddr, error) {
-        const peer = formatAddress(remoteAddr);
-        if (error instanceof TimeoutError) {
-          console.error(`Connection ${peer} timed out after ${idleTimeout / 1000} s idle`);
-        } else if (error !== undefined && !(error instanceof Cancelled)) {
-          console.error(`Connection ${peer} failed: ${describe(error)}`);
-        }
-        if (!quiet) console.log(`Connection closed ${peer}`);
-      },
-    });
+    return serve(unix !== null ? { ...common, path: unix } : { ...common, hostname, port, ...tls });
   } catch (error) {
-    const { hostname, port } = options;
-    const address = formatAddress({ transport: "tcp", hostname, port });
-    console.error(`error: Cannot listen on ${address}: ${whyNotListening(error)}`);
+    if (tls !== undefined && !isListenError(error)) {
+      const files = `--cert "${options.cert}" and --key "${options.key}"`;
+      console.error(`error: Cannot serve TLS with ${files}: ${why(error)}`);
+    } else {
+      console.error(`error: Cannot listen on ${address}: ${why(error)}`);
+    }
     return undefined;
   }
 }
 
+// Failures of the address or the permissions, as opposed to the TLS certificate and key.
+function isListenError(error: unknown): boolean {
+  return error instanceof Deno.errors.AddrInUse || error instanceof Deno.errors.NotCapable ||
+    error instanceof Deno.errors.PermissionDenied ||
+    error instanceof Deno.errors.AddrNotAvailable;
+}
+
 // The monitor and the metrics page, after "Listening on"; both end with the server. Resolves
 // once they have, or is undefined when one could not listen.
-function startConsoles(server: Server, options: CommandLine): Promise<void> | undefined {
+function startConsoles(server: Server<Deno.Addr>, options: CommandLine): Promise<void> | undefined {
   const { monitor, metrics, metricsHostname, idleTimeout } = options;
   if (monitor !== undefined) {
     const started = listenFor("--monitor", DEFAULT_HOSTNAME, monitor, () => {
@@ -334,7 +441,7 @@ function listenFor<T>(flag: string, hostname: string, port: number, start: () =>
     return start();
   } catch (error) {
     const address = formatAddress({ transport: "tcp", hostname, port });
-    console.error(`error: Cannot listen on ${address} for ${flag}: ${whyNotListening(error)}`);
+    console.error(`error: Cannot listen on ${address} for ${flag}: ${why(error)}`);
     return undefined;
   }
 }

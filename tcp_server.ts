@@ -1,8 +1,9 @@
 /**
  * A TCP server on a genio {@linkcode Scheduler}: {@linkcode tcpServer} is an accept loop
  * that runs a {@linkcode Handler} for each connection in a task of its own, and
- * {@linkcode serve} listens, runs that loop with connection limits and idle timeouts, and
- * shuts it down gracefully. The handler is {@linkcode echoHandler} unless you give one.
+ * {@linkcode serve} listens (on TCP, TLS or a Unix socket), runs that loop with connection
+ * limits and idle timeouts, and shuts it down gracefully. The handler is
+ * {@linkcode echoHandler} unless you give one.
  *
  * @example A server with a handler of your own
  * ```ts
@@ -47,7 +48,7 @@ import {
 } from "./_server_options.ts";
 import { echoHandler } from "./echo.ts";
 import { BusyError, Cancelled, TimeoutError } from "./errors.ts";
-import { accept, cancel, join, type Operation, sleep, spawn, timeout } from "./intents.ts";
+import { accept, cancel, join, type Operation, sleep, spawn, timeout, wait } from "./intents.ts";
 import { Scheduler, type SchedulerStats, type Task } from "./scheduler.ts";
 import { Event, Semaphore } from "./sync.ts";
 
@@ -112,7 +113,10 @@ export type Handler = (conn: Deno.Conn, options: HandlerOptions) => Operation<vo
 
 /**
  * Options for {@linkcode tcpServer}: limits, what to pass to each handler, and hooks for
- * logging.
+ * logging. `A` is the listener's address type: `Deno.NetAddr` for TCP and TLS,
+ * `Deno.UnixAddr` for a Unix socket.
+ *
+ * @typeParam A The address type the hooks receive.
  *
  * @example
  * ```ts
@@ -124,7 +128,7 @@ export type Handler = (conn: Deno.Conn, options: HandlerOptions) => Operation<vo
  * };
  * ```
  */
-export interface TcpServerOptions extends HandlerOptions {
+export interface TcpServerOptions<A extends Deno.Addr = Deno.NetAddr> extends HandlerOptions {
   /**
    * The most connections open at once. At the limit the loop stops accepting (newcomers
    * wait in the kernel's backlog) until a connection ends.
@@ -133,11 +137,13 @@ export interface TcpServerOptions extends HandlerOptions {
    */
   maxConnections?: number;
   /**
-   * Called when a connection has been accepted, before its handler starts.
+   * Called when a connection has been accepted, before its handler starts (and, for TLS,
+   * before its handshake). A Unix socket's peer has no address of its own: it gets the
+   * socket's address instead.
    *
    * @default {nothing}
    */
-  onConnect?: (remoteAddr: Deno.NetAddr) => void;
+  onConnect?: (remoteAddr: A) => void;
   /**
    * Called when a connection has ended and been closed. `error` is why it failed (a
    * `Cancelled` when the server was stopped), or `undefined` when its handler returned.
@@ -146,7 +152,7 @@ export interface TcpServerOptions extends HandlerOptions {
    *
    * @default {one line on stderr for a failure other than `Cancelled`}
    */
-  onDisconnect?: (remoteAddr: Deno.NetAddr, error: unknown, task: Task<void> | null) => void;
+  onDisconnect?: (remoteAddr: A, error: unknown, task: Task<void> | null) => void;
   /**
    * Called each time the loop reaches `maxConnections` and stops accepting, with the
    * number of connections open. It accepts again once one of them ends.
@@ -168,29 +174,19 @@ export interface TcpServerOptions extends HandlerOptions {
 }
 
 /**
- * Options for {@linkcode serve}: where to listen (named as in `Deno.serve`), the handler,
- * its limits, and how to shut down.
+ * What {@linkcode serve} takes whatever it listens on: the handler, its limits, and how to
+ * shut down.
+ *
+ * @typeParam A The listener's address type, given to `onListen` and the hooks.
  *
  * @example
  * ```ts
- * import type { ServeOptions } from "@genio/genio/tcp-server";
+ * import type { ServeBaseOptions } from "@genio/genio/tcp-server";
  *
- * const options: ServeOptions = { port: 0, idleTimeout: 60_000, grace: 1_000 };
+ * const options: ServeBaseOptions<Deno.NetAddr> = { idleTimeout: 60_000, grace: 1_000 };
  * ```
  */
-export interface ServeOptions extends TcpServerOptions {
-  /**
-   * The address to listen on. `0.0.0.0` or `::` exposes the server to the network.
-   *
-   * @default {"127.0.0.1"}
-   */
-  hostname?: string;
-  /**
-   * The port to listen on; `0` picks a free one (read it from `addr`).
-   *
-   * @default {25000}
-   */
-  port?: number;
+export interface ServeBaseOptions<A extends Deno.Addr> extends TcpServerOptions<A> {
   /**
    * Each connection's handler.
    *
@@ -209,9 +205,73 @@ export interface ServeOptions extends TcpServerOptions {
   /**
    * Called once the listener is bound, with its address.
    *
-   * @default {prints `Listening on HOST:PORT`}
+   * @default {prints `Listening on HOST:PORT`, or `Listening on unix:PATH`}
    */
-  onListen?: (addr: Deno.NetAddr) => void;
+  onListen?: (addr: A) => void;
+}
+
+/**
+ * Options for {@linkcode serve} on TCP: where to listen (named as in `Deno.serve`), and
+ * with `cert` and `key`, TLS.
+ *
+ * @example
+ * ```ts
+ * import type { ServeOptions } from "@genio/genio/tcp-server";
+ *
+ * const options: ServeOptions = { port: 0, idleTimeout: 60_000, grace: 1_000 };
+ * ```
+ */
+export interface ServeOptions extends ServeBaseOptions<Deno.NetAddr> {
+  /**
+   * The address to listen on. `0.0.0.0` or `::` exposes the server to the network.
+   *
+   * @default {"127.0.0.1"}
+   */
+  hostname?: string;
+  /**
+   * The port to listen on; `0` picks a free one (read it from `addr`).
+   *
+   * @default {25000}
+   */
+  port?: number;
+  /**
+   * The certificate chain, PEM-encoded (the file's contents, as `Deno.serve` takes it).
+   * With `key`, the server speaks TLS (`Deno.listenTls`): each connection's handshake is
+   * the first wait of its task, under the idle limit, and a handshake that fails ends that
+   * connection only.
+   *
+   * @default {no TLS}
+   */
+  cert?: string;
+  /**
+   * The certificate's private key, PEM-encoded; given with `cert`.
+   *
+   * @default {no TLS}
+   */
+  key?: string;
+}
+
+/**
+ * Options for {@linkcode serve} on a Unix socket, named as in `Deno.serve`. The socket file
+ * must not exist (`Deno.errors.AddrInUse` otherwise); it is removed when the listener
+ * closes. Listening needs `--allow-read` and `--allow-write` for the path.
+ *
+ * @example
+ * ```ts
+ * import type { ServeUnixOptions } from "@genio/genio/tcp-server";
+ *
+ * const options: ServeUnixOptions = { path: "/tmp/genio.sock", idleTimeout: 60_000 };
+ * ```
+ */
+export interface ServeUnixOptions extends ServeBaseOptions<Deno.UnixAddr> {
+  /** The socket's path. */
+  path: string;
+  /**
+   * The transport; a `path` implies it.
+   *
+   * @default {"unix"}
+   */
+  transport?: "unix";
 }
 
 /**
@@ -309,7 +369,8 @@ export interface ProcessStats {
 /**
  * A server's figures at one moment, as {@linkcode Server.stats} returns them: what a console
  * or a metrics page shows. Counts and bytes are since the server started; bytes are counted
- * as they cross the socket (an echo's `GOT:` included) by each connection's own task.
+ * as they cross the socket (an echo's `GOT:` included; over TLS, the plaintext) by each
+ * connection's own task.
  *
  * @example
  * ```ts
@@ -349,6 +410,8 @@ export interface ServerStats {
 /**
  * A running server, as returned by {@linkcode serve}. `await using` shuts it down.
  *
+ * @typeParam A The listener's address type: `Deno.NetAddr` (TCP, TLS) or `Deno.UnixAddr`.
+ *
  * @example
  * ```ts
  * import { serve } from "@genio/genio/tcp-server";
@@ -357,14 +420,14 @@ export interface ServerStats {
  * console.log(`serving on port ${server.addr.port}, ${server.connections} connections`);
  * ```
  */
-export interface Server extends AsyncDisposable {
-  /** The address the listener is bound to, with the real port. */
-  readonly addr: Deno.NetAddr;
+export interface Server<A extends Deno.Addr = Deno.NetAddr> extends AsyncDisposable {
+  /** The address the listener is bound to, with the real port (or the socket's path). */
+  readonly addr: A;
   /** The scheduler running the server's tasks, to inspect its queue and wait maps. */
   readonly scheduler: Scheduler;
   /**
-   * The accept loop's task, named `tcp-server`: every connection's task is its child, and
-   * cancelling it stops the server at once.
+   * The accept loop's task, named `tcp-server` (`unix-server` on a Unix socket): every
+   * connection's task is its child, and cancelling it stops the server at once.
    */
   readonly task: Task<void>;
   /** How many connections are open now. */
@@ -419,11 +482,17 @@ export interface Server extends AsyncDisposable {
  * ends, and a failure (reset by peer, broken pipe, a handler that throws) ends that
  * connection only.
  *
+ * On a TLS listener (`Deno.listenTls`), a connection's handshake is the first wait of its
+ * task, under its idle limit: a client that never finishes it is cut like a silent one, a
+ * handshake that fails (a client that does not speak TLS) ends that connection with
+ * `Deno.errors.InvalidData`, and the accept loop never waits for either.
+ *
  * Accept failures that belong to one client (it reset before it was accepted) are skipped;
  * only the listener's closing ends the loop. The operation then waits for its open
  * connections to end and returns. Cancel its task to stop them at once.
  *
- * @param listener Where connections come from. The caller closes it.
+ * @typeParam A The listener's address type, given to the hooks.
+ * @param listener Where connections come from: TCP, TLS or Unix. The caller closes it.
  * @param handler What runs for each connection; {@linkcode echoHandler} if left out.
  * @param options Limits, handler options and logging hooks.
  * @throws {RangeError} When an option is out of range.
@@ -450,10 +519,10 @@ export interface Server extends AsyncDisposable {
  * assert.equal(connections, 1);
  * ```
  */
-export function* tcpServer(
-  listener: Deno.Listener,
+export function* tcpServer<A extends Deno.Addr = Deno.NetAddr>(
+  listener: Deno.Listener<Deno.Conn, A>,
   handler?: Handler,
-  options?: TcpServerOptions,
+  options?: TcpServerOptions<A>,
 ): Operation<void> {
   handler ??= echoHandler;
   const maxConnections = checkMaxConnections(options?.maxConnections ?? DEFAULT_MAX_CONNECTIONS);
@@ -498,10 +567,10 @@ export function* tcpServer(
     }
     retryMs = ACCEPT_RETRY_MS;
     open++;
-    const remoteAddr = conn.remoteAddr as Deno.NetAddr;
+    const remoteAddr = peerAddress(conn) as A;
     // The handler runs as the connection's task itself, not inside a wrapper that would
     // resume it through `yield*` on every message: its idle limit is the task's own, and
-    // its end is seen by `onSettled`.
+    // its end is seen by `onSettled`. TLS is the exception: its crypto costs far more.
     const disconnected = (task: Task<unknown> | null, error: unknown): void => {
       closeQuietly(conn);
       ended();
@@ -509,7 +578,10 @@ export function* tcpServer(
     };
     try {
       onConnect?.(remoteAddr);
-      yield* spawn(handler(conn, handlerOptions), {
+      const operation = isTls(conn)
+        ? handshakeFirst(conn, handler, handlerOptions)
+        : handler(conn, handlerOptions);
+      yield* spawn(operation, {
         name: `conn ${formatAddress(remoteAddr)}`,
         onSettled: disconnected,
         idleTimeout,
@@ -524,14 +596,48 @@ export function* tcpServer(
 }
 
 /**
+ * Listens on the Unix socket at `path` and runs {@linkcode tcpServer} there, as the TCP
+ * form does. The hooks get the socket's address for every connection (a Unix socket's peer
+ * has none of its own), and the socket file is removed when the listener closes.
+ *
+ * @param options The socket's path, the handler and its limits, and the shutdown grace.
+ * @returns The running server; its `addr` is the socket's.
+ * @throws {Deno.errors.AddrInUse} When a file is at `path`, a stale socket included.
+ * @throws {Deno.errors.NotCapable} Without read, write and net permission for the path.
+ * @throws {TypeError} When `transport` is not `"unix"`, or a TCP option is given too.
+ * @throws {RangeError} When an option is out of range.
+ *
+ * @example Serving on a Unix socket
+ * ```ts
+ * import { serve } from "@genio/genio/tcp-server";
+ * import assert from "node:assert/strict";
+ *
+ * const path = `${Deno.makeTempDirSync()}/echo.sock`;
+ * const server = serve({ path, onListen() {} });
+ * const client = await Deno.connect({ path, transport: "unix" });
+ * await client.write(new TextEncoder().encode("hi"));
+ * const reply = new Uint8Array(6);
+ * for (let got = 0; got < reply.length;) got += (await client.read(reply.subarray(got)))!;
+ * assert.equal(new TextDecoder().decode(reply), "GOT:hi");
+ *
+ * client.close();
+ * await server.shutdown();
+ * assert.throws(() => Deno.lstatSync(path), Deno.errors.NotFound);
+ * ```
+ */
+export function serve(options: ServeUnixOptions): Server<Deno.UnixAddr>;
+/**
  * Listens on `hostname:port` and runs {@linkcode tcpServer} with the handler on a new
- * {@linkcode Scheduler}, until {@linkcode Server.shutdown} or `signal` stops it.
+ * {@linkcode Scheduler}, until {@linkcode Server.shutdown} or `signal` stops it. With
+ * `cert` and `key` it speaks TLS (`connectTls()` has an example).
  *
  * @param options Where to listen, the handler and its limits, and the shutdown grace; the
  * echo server on 127.0.0.1:25000 if left out.
  * @returns The running server.
  * @throws {Deno.errors.AddrInUse} When the address is taken.
  * @throws {Deno.errors.NotCapable} Without net permission for the address.
+ * @throws {Deno.errors.InvalidData} When `cert` or `key` holds no PEM certificate or key.
+ * @throws {TypeError} When only one of `cert` and `key` is given.
  * @throws {RangeError} When an option is out of range.
  *
  * @example Serving, talking to it, and shutting down
@@ -561,10 +667,54 @@ export function* tcpServer(
  * await server.finished;
  * ```
  */
-export function serve(options?: ServeOptions): Server {
-  options ??= {};
+export function serve(options?: ServeOptions): Server;
+/**
+ * Listens on TCP or on a Unix socket, whichever `options` says.
+ *
+ * @param options {@linkcode ServeOptions} or {@linkcode ServeUnixOptions}.
+ * @returns The running server.
+ */
+export function serve(
+  options: ServeOptions | ServeUnixOptions,
+): Server<Deno.NetAddr> | Server<Deno.UnixAddr>;
+export function serve(
+  options: ServeOptions | ServeUnixOptions = {},
+): Server<Deno.NetAddr> | Server<Deno.UnixAddr> {
+  if ("path" in options) return start(options, "unix-server", () => listenUnix(options));
+  return start(options, "tcp-server", () => listenTcp(options));
+}
+
+function listenTcp(options: ServeOptions): Deno.Listener<Deno.Conn, Deno.NetAddr> {
   const hostname = options.hostname ?? DEFAULT_HOSTNAME;
   const port = checkPort(options.port ?? DEFAULT_PORT);
+  const { cert, key } = options;
+  if (cert === undefined && key === undefined) return Deno.listen({ hostname, port });
+  if (cert === undefined || key === undefined) {
+    const given = cert === undefined ? "key" : "cert";
+    throw new TypeError(`Cannot serve: "cert" and "key" go together, got only "${given}"`);
+  }
+  return Deno.listenTls({ hostname, port, cert, key });
+}
+
+function listenUnix(options: ServeUnixOptions): Deno.Listener<Deno.Conn, Deno.UnixAddr> {
+  const { path, transport = "unix" } = options;
+  if (transport !== "unix") {
+    throw new TypeError(`Cannot serve: a path needs transport "unix", got "${transport}"`);
+  }
+  const tcpOnly = ["hostname", "port", "cert", "key"].find((name) =>
+    Reflect.get(options, name) !== undefined
+  );
+  if (tcpOnly !== undefined) {
+    throw new TypeError(`Cannot serve: "path" does not go with "${tcpOnly}"`);
+  }
+  return Deno.listen({ path, transport });
+}
+
+function start<A extends Deno.Addr>(
+  options: ServeBaseOptions<A>,
+  name: string,
+  listen: () => Deno.Listener<Deno.Conn, A>,
+): Server<A> {
   const grace = checkGrace(options.grace ?? DEFAULT_GRACE_MS);
   checkMaxConnections(options.maxConnections ?? DEFAULT_MAX_CONNECTIONS);
   checkIdleTimeout(options.idleTimeout ?? DEFAULT_IDLE_TIMEOUT_MS);
@@ -584,7 +734,7 @@ export function serve(options?: ServeOptions): Server {
   let bytesReceived = 0;
   let bytesSent = 0;
   const errors: Record<ConnectionErrorReason, number> = { reset: 0, timeout: 0, tls: 0, other: 0 };
-  const serverOptions: TcpServerOptions = {
+  const serverOptions: TcpServerOptions<A> = {
     ...options,
     onConnect(remoteAddr) {
       open++;
@@ -609,12 +759,12 @@ export function serve(options?: ServeOptions): Server {
   };
   const handler = options.handler ?? echoHandler;
 
-  const listener = Deno.listen({ hostname, port, transport: "tcp" });
+  const listener = listen();
   const addr = listener.addr;
   const scheduler = new Scheduler();
   let task: Task<void>;
   try {
-    task = scheduler.spawn(tcpServer(listener, handler, serverOptions), { name: "tcp-server" });
+    task = scheduler.spawn(tcpServer(listener, handler, serverOptions), { name });
     onListen(addr);
   } catch (error) {
     listener.close();
@@ -696,6 +846,33 @@ function* drain(server: Task<void>, grace: number): Operation<void> {
   yield* cancel(server);
 }
 
+// A Unix socket's peer is unnamed (Deno gives its path as null): it is named by the socket
+// it came in on, so that logs and task names say where it is.
+function peerAddress(conn: Deno.Conn): Deno.Addr {
+  const remote = conn.remoteAddr;
+  return remote.transport === "unix" && !remote.path ? conn.localAddr : remote;
+}
+
+function isTls(conn: Deno.Conn): conn is Deno.TlsConn {
+  return typeof (conn as Partial<Deno.TlsConn>).handshake === "function";
+}
+
+// Deno shakes hands lazily, inside the first read or write; doing it first, as a wait, puts
+// it under the task's idle limit whatever the handler does, and names what failed.
+function* handshakeFirst(
+  conn: Deno.TlsConn,
+  handler: Handler,
+  options: HandlerOptions,
+): Operation<void> {
+  try {
+    yield* wait(conn.handshake());
+  } catch (error) {
+    if (!(error instanceof Deno.errors.InvalidData)) throw error;
+    throw new Deno.errors.InvalidData(`TLS handshake failed: ${error.message}`, { cause: error });
+  }
+  yield* handler(conn, options);
+}
+
 function listenerClosed(error: unknown): boolean {
   return error instanceof Deno.errors.BadResource || error instanceof Deno.errors.Interrupted;
 }
@@ -706,11 +883,11 @@ function failedBeforeAccept(error: unknown): boolean {
     error instanceof Deno.errors.ConnectionAborted;
 }
 
-function logListening(addr: Deno.NetAddr): void {
+function logListening(addr: Deno.Addr): void {
   console.log(`Listening on ${formatAddress(addr)}`);
 }
 
-function logDisconnect(remoteAddr: Deno.NetAddr, error: unknown): void {
+function logDisconnect(remoteAddr: Deno.Addr, error: unknown): void {
   if (error === undefined || error instanceof Cancelled) return;
   console.error(`Connection ${formatAddress(remoteAddr)} failed: ${describe(error)}`);
 }

@@ -144,3 +144,22 @@ export async function loopback(): Promise<Loopback> {
     },
   };
 }
+
+// A path for a Unix socket in a fresh directory, removed with it by `using`.
+export function socketPath(): { path: string } & Disposable {
+  const dir = Deno.makeTempDirSync({ prefix: "genio-unix-" });
+  return {
+    path: `${dir}/genio.sock`,
+    [Symbol.dispose]: () => Deno.removeSync(dir, { recursive: true }),
+  };
+}
+
+export function exists(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return false;
+    throw error;
+  }
+}
