@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { connect, decode, delay, echo, encode, HAS_IPV6, HOST, readToEnd, within } from "./_net.ts";
 import { runServer, type ServerProcess, startServer } from "./_server_process.ts";
+import { makeCertificate, skipWithoutOpenssl } from "./_tls.ts";
 
 function installed(command: string): boolean {
   try {
@@ -138,6 +139,37 @@ Deno.test("the page counts the pauses at --max-connections and the connections t
   assert.equal(sample(page, "genio_connections_total"), 2);
   assert.equal(sample(page, 'genio_connection_errors_total{reason="timeout"}'), 2);
   assert.equal(sample(page, "genio_connections_refused_total"), 2); // once per connection at the limit
+});
+
+const noOpenssl = skipWithoutOpenssl("tests/metrics_test.ts");
+
+Deno.test({
+  name: "over TLS, a failed handshake counts as a tls error and bytes count the plaintext",
+  ignore: noOpenssl,
+  async fn() {
+    using certificate = makeCertificate();
+    const { certFile, keyFile, cert } = certificate;
+    const [server, url] = await startWithMetrics(
+      ["--cert", certFile, "--key", keyFile],
+      ["--allow-net", "--allow-read"],
+    );
+    await using _ = server;
+    using tls = await Deno.connectTls({ hostname: HOST, port: server.port, caCerts: [cert] });
+    assert.equal(await echo(tls, "secret"), "GOT:secret");
+    using plain = await connect(server.port);
+    await plain.write(encode("hello\n"));
+    await readToEnd(plain);
+    let page = "";
+    const settled = (page: string) =>
+      sample(page, "genio_connections_open") === 1 &&
+      sample(page, "genio_bytes_sent_total") === "GOT:secret".length;
+    await within(5_000, "the failed handshake and the reply to be counted", async () => {
+      while (!settled(page = await scrape(url))) await delay(20);
+    });
+    assert.equal(sample(page, 'genio_connection_errors_total{reason="tls"}'), 1);
+    assert.equal(sample(page, 'genio_connection_errors_total{reason="other"}'), 0);
+    assert.equal(sample(page, "genio_bytes_received_total"), "secret".length);
+  },
 });
 
 Deno.test("event-loop lag is a histogram whose buckets grow with the measures", async () => {

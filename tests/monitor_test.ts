@@ -1,7 +1,17 @@
 // The monitor console of the real server.ts, over TCP as an operator's `nc` uses it.
 import assert from "node:assert/strict";
 import { closeQuietly } from "../_close_quietly.ts";
-import { connect, decode, delay, echo, encode, HOST, readToEnd, within } from "./_net.ts";
+import {
+  connect,
+  decode,
+  delay,
+  echo,
+  encode,
+  HOST,
+  readToEnd,
+  socketPath,
+  within,
+} from "./_net.ts";
 import { runServer, type ServerProcess, startServer } from "./_server_process.ts";
 
 const PROMPT = "> ";
@@ -46,8 +56,11 @@ class Console implements Disposable {
   }
 }
 
-async function startWithMonitor(args: string[] = []): Promise<[ServerProcess, number]> {
-  const server = await startServer(["--port", "0", "--monitor", "0", ...args]);
+async function startWithMonitor(
+  args: string[] = ["--port", "0"],
+  permissions?: string[],
+): Promise<[ServerProcess, number]> {
+  const server = await startServer(["--monitor", "0", ...args], undefined, permissions);
   const line = await server.stdout.waitFor(/^Monitor on /, 5_000);
   const match = line.match(/^Monitor on 127\.0\.0\.1:(\d+)$/);
   assert.ok(match, line);
@@ -266,7 +279,7 @@ Deno.test("many console clients at once each get their answer, and the server se
 });
 
 Deno.test("a console client that stops reading is cut off by the idle timeout", async () => {
-  const [server, port] = await startWithMonitor(["--idle-timeout", "0.5"]);
+  const [server, port] = await startWithMonitor(["--port", "0", "--idle-timeout", "0.5"]);
   await using _ = server;
   const stuck = await connect(port);
   try {
@@ -315,4 +328,25 @@ Deno.test("server.ts --monitor rejects a bad port with status 2, and one in use 
   assert.deepEqual(exit.stderr, [
     `error: Cannot listen on ${HOST}:${taken.addr.port} for --monitor: address already in use`,
   ]);
+});
+
+Deno.test("on a Unix socket, ps names each connection by the socket it came in on", async () => {
+  using socket = socketPath();
+  const [server, port] = await startWithMonitor(
+    ["--unix", socket.path],
+    ["--allow-net", "--allow-read", "--allow-write"],
+  );
+  await using _ = server;
+  using client = await Deno.connect({ transport: "unix", path: socket.path });
+  assert.equal(await echo(client, "hi"), "GOT:hi");
+  using console = await Console.open(port);
+  const peer = `unix:${socket.path}`.replaceAll(".", "\\.");
+  let ps = "";
+  await within(5_000, "the connection to show as reading", async () => {
+    while (!new RegExp(`^ *\\d+ +conn ${peer} +reading +conn ${peer} `, "m").test(ps)) {
+      ps = await console.send("ps");
+      await delay(20);
+    }
+  });
+  assert.match(ps, /^ *1 +unix-server +accepting +listener unix:/m);
 });
