@@ -1,4 +1,4 @@
-// Reads and writes: the seed's recv_wait / send_wait (the classic Python generator server's
+// Reads and writes: the recv_wait / send_wait of the classic Python generator server (its
 // dicts of tasks waiting to read or write a socket), as one record per conn.
 //
 // Deno cannot un-issue a `conn.read()` or `conn.write()`. When a task stops waiting on one
@@ -55,7 +55,7 @@ export class ConnWaits {
 
   constructor(readonly kernel: Kernel) {}
 
-  read = (task: TaskImpl, { conn, buffer }: ReadIntent): boolean => {
+  read(task: TaskImpl, { conn, buffer }: ReadIntent): boolean {
     const waiters = this.#waitersFor(task, conn);
     const reader = waiters.reader;
     if (reader !== null) {
@@ -92,7 +92,7 @@ export class ConnWaits {
     task.io = op;
     waiters.reader = task;
     return this.kernel.park(task, "reading", conn, this.#undoRead);
-  };
+  }
 
   #readDone(op: ConnCall, n: number | null, error: unknown): void {
     const { task, conn } = op;
@@ -140,7 +140,7 @@ export class ConnWaits {
     return n;
   }
 
-  write = (task: TaskImpl, { conn, data }: WriteIntent): boolean => {
+  write(task: TaskImpl, { conn, data }: WriteIntent): boolean {
     const waiters = this.#waitersFor(task, conn);
     const writer = waiters.writer;
     if (writer !== null) {
@@ -159,7 +159,7 @@ export class ConnWaits {
     else this.#writeMore(conn, waiters, task, data, 0);
     waiters.writer = task;
     return this.kernel.park(task, "writing", conn, this.#undoWrite);
-  };
+  }
 
   #writeMore(
     conn: Deno.Conn,

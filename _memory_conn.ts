@@ -453,8 +453,8 @@ export class MemoryConn implements Deno.TcpConn {
  * server.close();
  * ```
  */
-export function memoryConnPair(options: MemoryConnPairOptions = {}): [MemoryConn, MemoryConn] {
-  return connect(options);
+export function memoryConnPair(options?: MemoryConnPairOptions): [MemoryConn, MemoryConn] {
+  return connect(options ?? {});
 }
 
 function badResource(): Error {

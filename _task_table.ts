@@ -8,7 +8,12 @@ export function describeWaitingOn(value: unknown): string {
   if (typeof value === "number") return `until t=${Math.round(value)} ms`;
   if (typeof value !== "object") return String(value);
   const object = value as Record<string, unknown>;
-  if ("remoteAddr" in object) return `conn ${formatAddr(object.remoteAddr)}`;
+  if ("remoteAddr" in object) {
+    // A Unix socket's peer has no path: the conn is named by the socket it came in on.
+    const remote = object.remoteAddr as Partial<Deno.UnixAddr> | undefined;
+    const named = remote?.transport === "unix" && !remote.path ? object.localAddr : remote;
+    return `conn ${formatAddr(named)}`;
+  }
   if ("addr" in object && typeof object.accept === "function") {
     return `listener ${formatAddr(object.addr)}`;
   }

@@ -193,9 +193,12 @@ export class Timers {
         if (timer.owner.spareTimer === timer) timer.owner.spareTimer = null;
         continue;
       }
-      if (timer.kind === "idle") {
-        if (!this.#idleRanOut(timer, now)) continue;
-      } else if (timer.at > now) {
+      if (timer.kind === "idle" && !this.#idleRanOut(timer, now)) continue;
+      // An entry whose place is earlier than its time (a reused spare, an idle limit between
+      // checks) moves to its time first, so that a late ring handles entries in the order
+      // they really came due: a sleep that ended before a deadline ends normally, and an
+      // outer deadline due before an inner one is the one delivered.
+      if (timer.key < timer.at) {
         this.#heap.postpone(timer, timer.at);
         continue;
       }

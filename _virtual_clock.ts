@@ -58,8 +58,8 @@ export class VirtualClock implements Clock {
    *
    * @param options Where time starts.
    */
-  constructor(options: VirtualClockOptions = {}) {
-    this.#now = options.start ?? 0;
+  constructor(options?: VirtualClockOptions) {
+    this.#now = options?.start ?? 0;
   }
 
   /**

@@ -32,15 +32,26 @@ export interface WorkerOptions {
   hostname: string;
   port: number;
   grace: number;
+  monitor: number | undefined;
+  metrics: number | undefined;
+}
+
+/** The workers, as server.ts's main thread holds them: to shut them all down. */
+export interface Workers {
+  readonly workers: number;
+  readonly finished: Promise<void>;
+  shutdown(): Promise<ShutdownResult>;
 }
 
 type ToWorker<T> =
   | { type: "start"; index: number; options: T; port: number }
+  | { type: "consoles"; note: string }
   | { type: "shutdown" };
 
 type FromWorker =
   | { type: "listening"; addr: Deno.NetAddr }
   | { type: "failed" }
+  | { type: "consoles"; started: boolean }
   | { type: "stopped"; drained: number; cancelled: number; served: number }
   | { type: "died"; reason: string; served: number };
 
@@ -68,14 +79,15 @@ export function parseWorkers(text: string | undefined): number | string {
 /**
  * Runs on the main thread: starts `count` workers running `module` (server.ts) with
  * `options`, the first on `options.port` and the others on the port it got, then prints
- * `Listening on HOST:PORT`. Returns a handle to shut them all down, or undefined once one
- * line has said why they could not start.
+ * `Listening on HOST:PORT`, then has worker 1 start the monitor and the metrics page if
+ * asked: theirs are worker 1's figures, and their lines say so. Returns a handle to shut
+ * them all down, or undefined once one line has said why they could not start.
  */
 export async function startWorkers<T extends WorkerOptions>(
   module: URL,
   count: number,
   options: T,
-): Promise<Pick<Server, "finished" | "shutdown"> | undefined> {
+): Promise<Workers | undefined> {
   const missing = missingForWorkers(module);
   if (missing !== null) {
     console.error(
@@ -104,7 +116,8 @@ export async function startWorkers<T extends WorkerOptions>(
   console.log(`Listening on ${formatAddress(first)}`);
   let stopping: Promise<ShutdownResult> | null = null;
   const stopped = Promise.withResolvers<void>();
-  return {
+  const group: Workers = {
+    workers: count,
     finished: stopped.promise,
     shutdown() {
       stopping ??= Promise.all(workers.map((worker) => worker.stop())).then((results) => {
@@ -118,6 +131,10 @@ export async function startWorkers<T extends WorkerOptions>(
       return stopping;
     },
   };
+  if (options.monitor === undefined && options.metrics === undefined) return group;
+  if (await workers[0].startConsoles(` (worker 1 of ${count})`)) return group;
+  await group.shutdown();
+  return undefined;
 }
 
 function missingForWorkers(module: URL): string | null {
@@ -159,6 +176,7 @@ class ServerWorker {
   #served = 0; // by the incarnations that have ended
   #stopped: PromiseWithResolvers<ShutdownResult> | null = null;
   #result: ShutdownResult = { drained: 0, cancelled: 0 };
+  #consoles: string | null = null; // their note, once asked for: a restart starts them again
 
   constructor(module: URL, index: number, options: WorkerOptions) {
     this.#module = module;
@@ -203,6 +221,20 @@ class ServerWorker {
     this.#worker?.postMessage(message);
   }
 
+  // Has the worker start the monitor and the metrics page; resolves with whether it could.
+  startConsoles(note: string): Promise<boolean> {
+    this.#consoles = note;
+    const { promise, resolve } = Promise.withResolvers<boolean>();
+    const running = this.#onMessage;
+    this.#onMessage = (message) => {
+      if (message.type !== "consoles") return running(message);
+      this.#onMessage = running;
+      resolve(message.started);
+    };
+    this.#post({ type: "consoles", note });
+    return promise;
+  }
+
   // A worker that dies once started is restarted after a pause that doubles while it keeps
   // dying, with one line each time.
   #running = (message: FromWorker): void => {
@@ -216,8 +248,10 @@ class ServerWorker {
     this.#restartTimer = setTimeout(() => {
       this.#restarts++;
       this.#spawn((message) => {
-        if (message.type === "listening") this.#onMessage = this.#running;
-        else this.#running(message);
+        if (message.type !== "listening") return this.#running(message);
+        this.#onMessage = this.#running;
+        // Its own line says why, if they cannot listen again.
+        if (this.#consoles !== null) this.#post({ type: "consoles", note: this.#consoles });
       });
     }, this.#pause);
     this.#pause = Math.min(this.#pause * 2, RESTART_MAX_MS);
@@ -278,13 +312,15 @@ function plural(n: number, noun: string): string {
  * in one line, instead of a stack trace.
  */
 export function serveInWorker<T>(
-  start: (options: T, extra: ServeOptions) => Server | undefined,
+  start: (options: T, extra: ServeOptions) => Server<Deno.Addr> | undefined,
+  consoles: (server: Server<Deno.Addr>, options: T, note: string) => Promise<void> | undefined,
 ): void {
   const scope = globalThis as unknown as {
     postMessage(message: FromWorker): void;
     addEventListener(type: "message", listener: (event: MessageEvent<ToWorker<T>>) => void): void;
   };
-  let server: Server | undefined;
+  let server: Server<Deno.Addr> | undefined;
+  let options: T;
   let served = 0;
   let stopping = false;
   let dead = false;
@@ -310,7 +346,8 @@ export function serveInWorker<T>(
   });
   scope.addEventListener("message", ({ data: message }) => {
     if (message.type === "start") {
-      server = start(message.options, {
+      options = message.options;
+      server = start(options, {
         port: message.port,
         reusePort: true,
         onListen: (addr) => scope.postMessage({ type: "listening", addr }),
@@ -321,6 +358,9 @@ export function serveInWorker<T>(
       server.finished.then(() => {
         if (!stopping) die(new Error("Cannot serve: the server stopped by itself"));
       }, die);
+    } else if (message.type === "consoles") {
+      const started = server !== undefined && consoles(server, options, message.note);
+      scope.postMessage({ type: "consoles", started: Boolean(started) });
     } else {
       stopping = true;
       server?.shutdown().then((result) => {

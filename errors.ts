@@ -1,6 +1,7 @@
 /**
- * The errors genio's kernel throws into tasks. Each is a condition a task is expected to
- * catch, so each has its own class and `name`.
+ * The errors genio throws into tasks: the kernel's (`Cancelled`, `TimeoutError`,
+ * `BusyError`) and the stream reader's (`UnexpectedEof`, `LineTooLong`). Each is a condition
+ * a task is expected to catch, so each has its own class and `name`.
  *
  * @module
  */
@@ -42,8 +43,8 @@ export class Cancelled extends Error {
    *
    * @param message What was cancelled.
    */
-  constructor(message = "Task was cancelled") {
-    super(message);
+  constructor(message?: string) {
+    super(message ?? "Task was cancelled");
     this.name = "Cancelled";
   }
 }
@@ -78,7 +79,7 @@ export class TimeoutError extends Error {
    * The limit that ran out: the `Deadline` its block was given, so that a block can tell
    * its own timeout from an outer one's passing through it. `null` when made by hand.
    */
-  readonly deadline: Deadline | null;
+  declare readonly deadline: Deadline | null;
 
   /**
    * Creates the error for a time limit of `ms` milliseconds.
@@ -90,7 +91,8 @@ export class TimeoutError extends Error {
     super(`Operation timed out after ${ms} ms`);
     this.name = "TimeoutError";
     this.ms = ms;
-    this.deadline = deadline ?? null;
+    // Not enumerable: the handle is the kernel's, and printing an error should not print it.
+    Object.defineProperty(this, "deadline", { value: deadline ?? null, enumerable: false });
   }
 }
 
@@ -133,5 +135,99 @@ export class BusyError extends Error {
     super(message);
     this.name = "BusyError";
     this.resource = resource;
+  }
+}
+
+/**
+ * Thrown by a {@linkcode Stream} read when the stream ends in the middle of what it was
+ * asked for: `readExactly(n)` before `n` bytes, `readUntil()` inside a record. The bytes
+ * that did arrive are in `partial`, and are no longer buffered.
+ *
+ * @example A frame cut short by the peer
+ * ```ts
+ * import { Scheduler, Stream, UnexpectedEof } from "@genio/genio";
+ * import { memoryConnPair } from "@genio/genio/testing";
+ * import assert from "node:assert/strict";
+ *
+ * const [client, server] = memoryConnPair();
+ * await client.write(new TextEncoder().encode("abc"));
+ * client.close();
+ * const stream = new Stream(server);
+ * const scheduler = new Scheduler();
+ * const task = scheduler.spawn(function* () {
+ *   try {
+ *     yield* stream.readExactly(8);
+ *   } catch (error) {
+ *     if (error instanceof UnexpectedEof) return new TextDecoder().decode(error.partial);
+ *     throw error;
+ *   }
+ * }());
+ * await scheduler.run();
+ * assert.equal(await task.result, "abc");
+ * stream.close();
+ * ```
+ */
+export class UnexpectedEof extends Error {
+  /** The bytes that arrived before the end: an empty array when none did. */
+  readonly partial: Uint8Array;
+
+  /**
+   * Creates the error for a read that the end of the stream cut short.
+   *
+   * @param message What could not be read.
+   * @param partial The bytes that did arrive.
+   */
+  constructor(message: string, partial: Uint8Array) {
+    super(message);
+    this.name = "UnexpectedEof";
+    this.partial = partial;
+  }
+}
+
+/**
+ * Thrown by a {@linkcode Stream} when a line (or a `readUntil()` record) is longer than
+ * its `maxLineBytes`. The stream gives up on the conn: it reads no further and every later
+ * read throws this error again, but the conn stays open for the handler to answer or close.
+ *
+ * @example Refusing a line that is too long
+ * ```ts
+ * import { LineTooLong, Scheduler, Stream } from "@genio/genio";
+ * import { memoryConnPair } from "@genio/genio/testing";
+ * import assert from "node:assert/strict";
+ *
+ * const [client, server] = memoryConnPair();
+ * await client.write(new TextEncoder().encode("x".repeat(100) + "\n"));
+ * const stream = new Stream(server, { maxLineBytes: 10 });
+ * const scheduler = new Scheduler();
+ * const task = scheduler.spawn(function* () {
+ *   try {
+ *     return yield* stream.readLine();
+ *   } catch (error) {
+ *     if (!(error instanceof LineTooLong)) throw error;
+ *     yield* stream.writeLine("ERR line too long");
+ *     return `limit ${error.maxLineBytes}`;
+ *   } finally {
+ *     stream.close();
+ *   }
+ * }());
+ * await scheduler.run();
+ * assert.equal(await task.result, "limit 10");
+ * client.close();
+ * ```
+ */
+export class LineTooLong extends Error {
+  /** The limit the line went over, in bytes. */
+  readonly maxLineBytes: number;
+
+  /**
+   * Creates the error for a line longer than `maxLineBytes`.
+   *
+   * @param message What could not be read.
+   * @param maxLineBytes The stream's limit.
+   */
+  constructor(message: string, maxLineBytes: number) {
+    super(message);
+    this.name = "LineTooLong";
+    this.maxLineBytes = maxLineBytes;
   }
 }

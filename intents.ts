@@ -564,14 +564,44 @@ export function* connect(
  * @returns The new TLS conn, its handshake started.
  * @throws {Deno.errors.ConnectionRefused} When nothing listens there.
  *
- * @example Connecting to a TLS server
- * ```ts ignore
- * import { connectTls, Scheduler } from "@genio/genio";
+ * @example A TLS client of a TLS server, on one scheduler
+ * ```ts
+ * import { connectTls, read, Scheduler, write } from "@genio/genio";
+ * import { echoHandler, tcpServer } from "@genio/genio/server";
+ * import assert from "node:assert/strict";
  *
+ * // A self-signed certificate for 127.0.0.1, for this example only: its key is public.
+ * const cert = `-----BEGIN CERTIFICATE-----
+ * MIIBKzCB3qADAgECAgEBMAUGAytlcDAYMRYwFAYDVQQDDA1nZW5pbyBleGFtcGxl
+ * MCAXDTAwMDEwMTAwMDAwMFoYDzk5OTkxMjMxMjM1OTU5WjAYMRYwFAYDVQQDDA1n
+ * ZW5pbyBleGFtcGxlMCowBQYDK2VwAyEAimyaVd3W+pMjFCWKwUeI6y7m4PBaA4r0
+ * HbHCKTjVTJKjSzBJMBoGA1UdEQQTMBGHBH8AAAGCCWxvY2FsaG9zdDAMBgNVHRMB
+ * Af8EAjAAMB0GA1UdDgQWBBTjoGF4NGcTACaLRl/j5lX56B+OrTAFBgMrZXADQQAf
+ * 3+pISPmCLDdRLHDKcimVYqRl0b6EL21wLb+gKVIVAL/RwfsmQACiNJR+peUTTPM6
+ * CyL6GqG8AiqTBuORs24L
+ * -----END CERTIFICATE-----`;
+ * const key = `-----BEGIN PRIVATE KEY-----
+ * MC4CAQAwBQYDK2VwBCIEIAbrL7wizTqBz6BwttBRGLHLNXNli2WKbPjjxJO/b8WL
+ * -----END PRIVATE KEY-----`;
+ *
+ * const listener = Deno.listenTls({ hostname: "127.0.0.1", port: 0, cert, key });
  * const scheduler = new Scheduler();
- * const task = scheduler.spawn(connectTls({ hostname: "example.com", port: 443 }));
+ * scheduler.spawn(tcpServer(listener, echoHandler));
+ * const client = scheduler.spawn(function* () {
+ *   // caCerts: trust this certificate, which no certificate authority signed
+ *   const conn = yield* connectTls({ port: listener.addr.port, caCerts: [cert] });
+ *   try {
+ *     yield* write(conn, new TextEncoder().encode("ping"));
+ *     const reply = new Uint8Array(8);
+ *     const n = yield* read(conn, reply);
+ *     return new TextDecoder().decode(reply.subarray(0, n ?? 0));
+ *   } finally {
+ *     conn.close();
+ *     listener.close(); // the server ends once its connection has
+ *   }
+ * }());
  * await scheduler.run();
- * (await task.result).close();
+ * assert.equal(await client.result, "GOT:ping");
  * ```
  */
 export function* connectTls(options: Deno.ConnectTlsOptions): Operation<Deno.TlsConn> {

@@ -16,7 +16,9 @@
  * - The errors a task may catch: {@linkcode Cancelled}, {@linkcode TimeoutError} and
  *   {@linkcode BusyError}.
  * - {@linkcode serve}: a TCP server that runs a handler task per connection, the
- *   {@linkcode echoHandler} unless you give one.
+ *   {@linkcode echoHandler} unless you give one; its `stats()` gives the server's figures,
+ *   which {@linkcode serveMonitor} (a console for `nc`) and {@linkcode serveMetrics}
+ *   (Prometheus) show.
  *
  * The intents those operations yield are plain data, documented in `@genio/genio/intents`;
  * tools for fast, deterministic tests (in-memory conns, a virtual clock) are in
@@ -53,3 +55,8 @@ export * from "./errors.ts";
 export * from "./tcp_server.ts";
 export * from "./echo.ts";
 export * from "./proxy_protocol.ts";
+export * from "./stream.ts";
+export * from "./sync.ts";
+export * from "./group.ts";
+export * from "./monitor.ts";
+export * from "./metrics.ts";

@@ -7,7 +7,7 @@
  * started for its task settles. So each blocking intent starts one Deno call, parks the task
  * in a wait map, and the call's settlement moves exactly that task back to the ready queue.
  *
- * @example The seed's round-robin, two tasks taking turns
+ * @example Two tasks taking turns, as in the classic Python generator server's round-robin
  * ```ts
  * import { Scheduler } from "@genio/genio/scheduler";
  * import assert from "node:assert/strict";
@@ -49,10 +49,12 @@ import type {
   Intent,
   JoinIntent,
   Operation,
+  ReadIntent,
   SleepIntent,
   SpawnIntent,
   SpawnOptions,
   WaitIntent,
+  WriteIntent,
 } from "./intents.ts";
 
 /**
@@ -121,6 +123,10 @@ export interface Task<T = unknown> {
    * counts as observing a failure, which is then not reported to `onError`.
    */
   readonly result: Promise<T>;
+  /** Bytes its reads have returned so far. */
+  readonly bytesRead: number;
+  /** Bytes its writes have written so far. */
+  readonly bytesWritten: number;
 }
 
 /**
@@ -154,7 +160,7 @@ export interface TaskInfo {
   readonly waitingOn: unknown;
   /** The parent's id, or `null`. */
   readonly parent: number | null;
-  /** When it was spawned, on the scheduler's clock (milliseconds). */
+  /** When it was spawned, on the scheduler's clock (milliseconds), to within a turn. */
   readonly spawnedAt: number;
   /**
    * When its nearest time limit or sleep runs out, on the scheduler's clock, or `null`
@@ -254,6 +260,8 @@ interface IntentKind {
   readonly perform: (task: TaskImpl, intent: Intent) => boolean;
 }
 
+let KERNEL: Kernel;
+
 function blocking<I extends Intent>(perform: (task: TaskImpl, intent: I) => boolean): IntentKind {
   return { blocks: true, perform: perform as IntentKind["perform"] };
 }
@@ -315,28 +323,23 @@ export class Scheduler {
   #sliceTimer: ReturnType<typeof setTimeout> | null = null;
   #unreported: TaskImpl[] = [];
   #running: PromiseWithResolvers<void> | null = null;
+  #spawnClock = NaN;
 
   /**
    * Creates an idle scheduler.
    *
    * @param options Error reporting and the clock.
    */
-  constructor(options: SchedulerOptions = {}) {
-    this.#onError = options.onError ?? reportToStderr;
-    const kernel: Kernel = {
-      park: (task, state, on, undo) => this.#park(task, state, on, undo),
-      resume: (task, value) => this.#resume(task, value),
-      fail: (task, error) => this.#fail(task, error),
-      wake: (task, value, failed) => this.#wakeLater(task, value, failed),
-    };
-    this.#conns = new ConnWaits(kernel);
-    this.#accepts = new AcceptWaits(kernel);
-    this.#connects = new ConnectWaits(kernel);
-    const parks = new ParkWaits(kernel);
-    this.#timers = new Timers(options.clock ?? REAL_CLOCK, this.#expire, this.#wake);
+  constructor(options?: SchedulerOptions) {
+    this.#onError = options?.onError ?? reportToStderr;
+    this.#conns = new ConnWaits(KERNEL);
+    this.#accepts = new AcceptWaits(KERNEL);
+    this.#connects = new ConnectWaits(KERNEL);
+    const parks = new ParkWaits(KERNEL);
+    this.#timers = new Timers(options?.clock ?? REAL_CLOCK, this.#expire, this.#wake);
     this.#intents = new Map<Intent["type"], IntentKind>([
-      ["read", blocking(this.#conns.read)],
-      ["write", blocking(this.#conns.write)],
+      ["read", blocking((task, intent: ReadIntent) => this.#conns.read(task, intent))],
+      ["write", blocking((task, intent: WriteIntent) => this.#conns.write(task, intent))],
       ["accept", blocking(this.#accepts.accept)],
       ["sleep", blocking(this.#sleep)],
       ["join", blocking(this.#join)],
@@ -350,17 +353,34 @@ export class Scheduler {
     ]);
   }
 
+  // What the wait units may ask of a task's scheduler. One object for every scheduler, so
+  // that a unit's calls into the kernel always reach the same functions.
+  static {
+    KERNEL = {
+      park: (task, state, on, undo) => task.owner.#park(task, state, on, undo),
+      resume: (task, value) => task.owner.#resume(task, value),
+      fail: (task, error) => task.owner.#fail(task, error),
+      wake: (task, value, failed) => task.owner.#wakeLater(task, value, failed),
+    };
+  }
+
   /** The ready queue, front first (a snapshot). */
   get ready(): readonly Task<unknown>[] {
     return this.#ready.toArray();
   }
 
-  /** Tasks waiting for a read, by conn (the seed's `recv_wait`; a snapshot). */
+  /**
+   * Tasks waiting for a read, by conn: the classic Python generator server's `recv_wait`
+   * (a snapshot).
+   */
   get readWaiting(): ReadonlyMap<Deno.Conn, Task<unknown>> {
     return this.#waitingIn("reading");
   }
 
-  /** Tasks waiting for a write to finish, by conn (the seed's `send_wait`; a snapshot). */
+  /**
+   * Tasks waiting for a write to finish, by conn: the classic Python generator server's
+   * `send_wait` (a snapshot).
+   */
   get writeWaiting(): ReadonlyMap<Deno.Conn, Task<unknown>> {
     return this.#waitingIn("writing");
   }
@@ -407,6 +427,31 @@ export class Scheduler {
       bytesRead: task.bytesRead,
       bytesWritten: task.bytesWritten,
     }));
+  }
+
+  /**
+   * The live task with this id, for a console that names tasks by the ids `tasks()` shows
+   * (to `cancel` one, say). It looks through the live tasks.
+   *
+   * @param id A task's id.
+   * @returns The task, or `undefined` when no live task has that id.
+   *
+   * @example Finding a task by the id a snapshot shows
+   * ```ts
+   * import { Scheduler, sleep } from "@genio/genio";
+   * import assert from "node:assert/strict";
+   *
+   * const scheduler = new Scheduler();
+   * const task = scheduler.spawn(sleep(1), { name: "napper" });
+   * const [info] = scheduler.tasks();
+   * assert.equal(scheduler.task(info.id), task);
+   * assert.equal(scheduler.task(99), undefined);
+   * await scheduler.run();
+   * ```
+   */
+  task(id: number): Task<unknown> | undefined {
+    for (const task of this.#tasks) if (task.id === id) return task;
+    return undefined;
   }
 
   /**
@@ -611,7 +656,13 @@ export class Scheduler {
   #perform(task: TaskImpl, intent: Intent | undefined): boolean {
     try {
       if (intent === undefined) return this.#interrupt(task) || this.#enqueue(task);
-      const kind = this.#intents.get(intent?.type);
+      // Discussion: reads and writes are nearly every intent a server's tasks yield, so they
+      // skip the registry's lookup and call their unit directly, a call V8 can inline. The
+      // registry has them too: this is only a shortcut to the same place.
+      const type = intent?.type;
+      if (type === "read") return this.#interrupt(task) || this.#conns.read(task, intent);
+      if (type === "write") return this.#interrupt(task) || this.#conns.write(task, intent);
+      const kind = this.#intents.get(type);
       if (kind === undefined) throw misuse(intent);
       if (kind.blocks && this.#interrupt(task)) return CONTINUE;
       return kind.perform(task, intent);
@@ -776,7 +827,7 @@ export class Scheduler {
       throw new RangeError(`Cannot spawn: idleTimeout must be >= 0, got "${idleTimeout}"`);
     }
     const task = new TaskImpl<T>(this, this.#nextId++, operation, parent, name);
-    task.spawnedAt = this.#timers.clock.now();
+    task.spawnedAt = this.#spawnTime();
     if (onSettled !== undefined) {
       task.onSettled = onSettled;
       task.observed = true;
@@ -789,6 +840,21 @@ export class Scheduler {
     this.#ready.push(task);
     return task;
   }
+
+  // A task's age needs no more precision than the turn it was spawned in, so the tasks
+  // spawned in one turn share one clock reading (forgotten when the turn's microtasks have
+  // run). Sleeps and limits never use it: they read the clock each time.
+  #spawnTime(): number {
+    if (Number.isNaN(this.#spawnClock)) {
+      this.#spawnClock = this.#timers.clock.now();
+      queueMicrotask(this.#forgetSpawnTime);
+    }
+    return this.#spawnClock;
+  }
+
+  #forgetSpawnTime = (): void => {
+    this.#spawnClock = NaN;
+  };
 
   #spawnChild = (task: TaskImpl, intent: SpawnIntent): boolean => {
     task.value = this.#spawn(intent.operation, intent, task);
@@ -951,9 +1017,13 @@ function limitError(task: TaskImpl, limit: Timer): Error {
   );
 }
 
+// What every `function*` generator object inherits from: the common case, checked first.
+const GENERATOR_PROTOTYPE: object = Object.getPrototypeOf(function* () {}.prototype);
+
 function checkOperation(operation: unknown): void {
   const gen = operation as Partial<Operation<unknown>> | null;
   if (typeof gen?.next === "function" && typeof gen.throw === "function") {
+    if (Object.getPrototypeOf(Object.getPrototypeOf(gen)) === GENERATOR_PROTOTYPE) return;
     if (Symbol.asyncIterator in gen) {
       throw new TypeError(
         "Cannot spawn: got an async generator (an `async function*`): write a plain " +

@@ -1,8 +1,9 @@
 /**
  * A TCP server on a genio {@linkcode Scheduler}: {@linkcode tcpServer} is an accept loop
  * that runs a {@linkcode Handler} for each connection in a task of its own, and
- * {@linkcode serve} listens, runs that loop with connection limits and idle timeouts, and
- * shuts it down gracefully. The handler is {@linkcode echoHandler} unless you give one.
+ * {@linkcode serve} listens (on TCP, TLS or a Unix socket), runs that loop with connection
+ * limits and idle timeouts, and shuts it down gracefully. The handler is
+ * {@linkcode echoHandler} unless you give one.
  *
  * @example A server with a handler of your own
  * ```ts
@@ -32,6 +33,7 @@
 import { closeQuietly } from "./_close_quietly.ts";
 import { describe, formatAddress } from "./_format.ts";
 import { acceptProxied } from "./_proxied_conn.ts";
+import { errorReason, LagSampler, processStats } from "./_server_stats.ts";
 import {
   checkBufferSize,
   checkGrace,
@@ -49,7 +51,8 @@ import { echoHandler } from "./echo.ts";
 import { BusyError, Cancelled, TimeoutError } from "./errors.ts";
 import { accept, cancel, join, type Operation, sleep, spawn, timeout, wait } from "./intents.ts";
 import { ProxyHeaderError } from "./proxy_protocol.ts";
-import { Scheduler, type Task } from "./scheduler.ts";
+import { Scheduler, type SchedulerStats, type Task } from "./scheduler.ts";
+import { Event, Semaphore } from "./sync.ts";
 
 // How long the accept loop waits before trying again after a failure that is not one
 // client's (too many open files, say): doubling up to the maximum while the failure lasts,
@@ -60,6 +63,8 @@ const ACCEPT_RETRY_MAX_MS = 5_000;
 const ACCEPT_LOG_REPEAT_MS = 60_000;
 // The longest a PROXY protocol header may take to arrive, unless the idle limit is shorter.
 const PROXY_HEADER_TIMEOUT_MS = 5_000;
+// The name of a task that reads a connection's PROXY protocol header, before its handler's.
+const PROXY_TASK = "proxy ";
 
 /**
  * What a connection's handler may honour, as {@linkcode tcpServer} passes it.
@@ -114,7 +119,10 @@ export type Handler = (conn: Deno.Conn, options: HandlerOptions) => Operation<vo
 
 /**
  * Options for {@linkcode tcpServer}: limits, what to pass to each handler, and hooks for
- * logging.
+ * logging. `A` is the listener's address type: `Deno.NetAddr` for TCP and TLS,
+ * `Deno.UnixAddr` for a Unix socket.
+ *
+ * @typeParam A The address type the hooks receive.
  *
  * @example
  * ```ts
@@ -126,7 +134,7 @@ export type Handler = (conn: Deno.Conn, options: HandlerOptions) => Operation<vo
  * };
  * ```
  */
-export interface TcpServerOptions extends HandlerOptions {
+export interface TcpServerOptions<A extends Deno.Addr = Deno.NetAddr> extends HandlerOptions {
   /**
    * The most connections open at once. At the limit the loop stops accepting (newcomers
    * wait in the kernel's backlog) until a connection ends.
@@ -135,39 +143,52 @@ export interface TcpServerOptions extends HandlerOptions {
    */
   maxConnections?: number;
   /**
-   * Called when a connection has been accepted, before its handler starts.
+   * Called when a connection has been accepted, before its handler starts (and, for TLS,
+   * before its handshake). A Unix socket's peer has no address of its own: it gets the
+   * socket's address instead.
    *
    * @default {nothing}
    */
-  onConnect?: (remoteAddr: Deno.NetAddr) => void;
+  onConnect?: (remoteAddr: A) => void;
   /**
    * Called when a connection has ended and been closed. `error` is why it failed (a
    * `Cancelled` when the server was stopped), or `undefined` when its handler returned.
+   * `task` is the connection's task, whose `bytesRead` and `bytesWritten` say how much
+   * crossed the socket, or `null` when its handler never started.
    *
    * @default {one line on stderr for a failure other than `Cancelled`}
    */
-  onDisconnect?: (remoteAddr: Deno.NetAddr, error: unknown) => void;
+  onDisconnect?: (remoteAddr: A, error: unknown, task: Task<void> | null) => void;
+  /**
+   * Called each time the loop reaches `maxConnections` and stops accepting, with the
+   * number of connections open. It accepts again once one of them ends.
+   *
+   * @default {nothing}
+   */
+  onLimitReached?: (open: number) => void;
   /**
    * Called when `listener.accept()` failed for a reason other than the listener closing,
    * such as a client that reset before it was accepted. The loop goes on accepting; after
    * a failure that is not one client's (too many open files), it first waits 100 ms,
    * doubling up to 5 s while the failure lasts.
    *
-   * @default {one line on stderr; the same failure again at most once a minute; with
-   * `proxyProtocol`, nothing for a client that reset before it was accepted}
+   * @default {one line on stderr for a failure that is not one client's (a client that
+   * reset before it was accepted is not worth a line); the same failure again at most once
+   * a minute}
    */
   onAcceptError?: (error: unknown) => void;
   /**
    * Whether every connection begins with a PROXY protocol header, v1 or v2, as a load
-   * balancer such as HAProxy writes it (`send-proxy`, `send-proxy-v2`). The header is read
-   * in the connection's task (within 5 s, or `idleTimeout` if shorter) before anything
-   * else: the handler, `onConnect` and `onDisconnect` then see the client's own address as
-   * the conn's `remoteAddr`, and the handler reads the data that followed the header,
-   * none of it lost. A connection whose header is invalid, cut short or late is closed
-   * and reported to `onProxyError`, and never reaches the handler; a v2 `LOCAL` header
-   * (the balancer's health check), or a connection that ends or resets before sending a
-   * byte, is closed quietly. Turn it on only behind a balancer you trust, and let nobody
-   * else reach the server: whoever can connect to it can claim any address.
+   * balancer such as HAProxy writes it (`send-proxy`, `send-proxy-v2`); TCP only. The
+   * header is read in a task of its own, named `proxy <address>` (within 5 s, or
+   * `idleTimeout` if shorter); the handler then runs as its child, named after the client,
+   * and it, `onConnect` and `onDisconnect` see the client's own address as the conn's
+   * `remoteAddr`; the handler reads the data that followed the header, none of it lost.
+   * A connection whose header is invalid, cut short or late is closed and reported to
+   * `onProxyError`, and never reaches the handler; a v2 `LOCAL` header (the balancer's
+   * health check), or a connection that ends or resets before sending a byte, is closed
+   * quietly. Turn it on only behind a balancer you trust, and let nobody else reach the
+   * server: whoever can connect to it can claim any address.
    *
    * @default {false}
    */
@@ -179,12 +200,49 @@ export interface TcpServerOptions extends HandlerOptions {
    *
    * @default {one line on stderr}
    */
-  onProxyError?: (remoteAddr: Deno.NetAddr, error: unknown) => void;
+  onProxyError?: (remoteAddr: A, error: unknown) => void;
 }
 
 /**
- * Options for {@linkcode serve}: where to listen (named as in `Deno.serve`), the handler,
- * its limits, and how to shut down.
+ * What {@linkcode serve} takes whatever it listens on: the handler, its limits, and how to
+ * shut down.
+ *
+ * @typeParam A The listener's address type, given to `onListen` and the hooks.
+ *
+ * @example
+ * ```ts
+ * import type { ServeBaseOptions } from "@genio/genio/tcp-server";
+ *
+ * const options: ServeBaseOptions<Deno.NetAddr> = { idleTimeout: 60_000, grace: 1_000 };
+ * ```
+ */
+export interface ServeBaseOptions<A extends Deno.Addr> extends TcpServerOptions<A> {
+  /**
+   * Each connection's handler.
+   *
+   * @default {echoHandler}
+   */
+  handler?: Handler;
+  /**
+   * On shutdown, how long open connections may take to finish on their own, in
+   * milliseconds, before they are cancelled.
+   *
+   * @default {5_000}
+   */
+  grace?: number;
+  /** Starts a graceful shutdown when aborted. */
+  signal?: AbortSignal;
+  /**
+   * Called once the listener is bound, with its address.
+   *
+   * @default {prints `Listening on HOST:PORT`, or `Listening on unix:PATH`}
+   */
+  onListen?: (addr: A) => void;
+}
+
+/**
+ * Options for {@linkcode serve} on TCP: where to listen (named as in `Deno.serve`), and
+ * with `cert` and `key`, TLS.
  *
  * @example
  * ```ts
@@ -193,7 +251,7 @@ export interface TcpServerOptions extends HandlerOptions {
  * const options: ServeOptions = { port: 0, idleTimeout: 60_000, grace: 1_000 };
  * ```
  */
-export interface ServeOptions extends TcpServerOptions {
+export interface ServeOptions extends ServeBaseOptions<Deno.NetAddr> {
   /**
    * The address to listen on. `0.0.0.0` or `::` exposes the server to the network.
    *
@@ -215,26 +273,43 @@ export interface ServeOptions extends TcpServerOptions {
    */
   reusePort?: boolean;
   /**
-   * Each connection's handler.
+   * The certificate chain, PEM-encoded (the file's contents, as `Deno.serve` takes it).
+   * With `key`, the server speaks TLS (`Deno.listenTls`): each connection's handshake is
+   * the first wait of its task, under the idle limit, and a handshake that fails ends that
+   * connection only.
    *
-   * @default {echoHandler}
+   * @default {no TLS}
    */
-  handler?: Handler;
+  cert?: string;
   /**
-   * On shutdown, how long open connections may take to finish on their own, in
-   * milliseconds, before they are cancelled.
+   * The certificate's private key, PEM-encoded; given with `cert`.
    *
-   * @default {5_000}
+   * @default {no TLS}
    */
-  grace?: number;
-  /** Starts a graceful shutdown when aborted. */
-  signal?: AbortSignal;
+  key?: string;
+}
+
+/**
+ * Options for {@linkcode serve} on a Unix socket, named as in `Deno.serve`. The socket file
+ * must not exist (`Deno.errors.AddrInUse` otherwise); it is removed when the listener
+ * closes. Listening needs `--allow-read` and `--allow-write` for the path.
+ *
+ * @example
+ * ```ts
+ * import type { ServeUnixOptions } from "@genio/genio/tcp-server";
+ *
+ * const options: ServeUnixOptions = { path: "/tmp/genio.sock", idleTimeout: 60_000 };
+ * ```
+ */
+export interface ServeUnixOptions extends ServeBaseOptions<Deno.UnixAddr> {
+  /** The socket's path. */
+  path: string;
   /**
-   * Called once the listener is bound, with its address.
+   * The transport; a `path` implies it.
    *
-   * @default {prints `Listening on HOST:PORT`}
+   * @default {"unix"}
    */
-  onListen?: (addr: Deno.NetAddr) => void;
+  transport?: "unix";
 }
 
 /**
@@ -255,7 +330,125 @@ export interface ShutdownResult {
 }
 
 /**
+ * Why a connection ended in failure, as {@linkcode ServerStats} counts it: `reset` (the
+ * peer reset the connection or went away during a write), `timeout` (the idle limit ran
+ * out), `tls` (a failed handshake or a corrupt record) or `other`. A connection whose
+ * handler returned, or that was cancelled (by a shutdown or an operator), did not fail.
+ *
+ * @example
+ * ```ts
+ * import type { ConnectionErrorReason } from "@genio/genio/tcp-server";
+ *
+ * const reasons: ConnectionErrorReason[] = ["reset", "timeout", "tls", "other"];
+ * ```
+ */
+export type ConnectionErrorReason = "reset" | "timeout" | "tls" | "other";
+
+/**
+ * How late the event loop runs, in milliseconds, as {@linkcode ServerStats} reports it: a
+ * timer set every 100 ms records how far past its time it fired. Measuring starts with the
+ * first `stats()` call and stops with the server.
+ *
+ * @example
+ * ```ts
+ * import type { EventLoopLag } from "@genio/genio/tcp-server";
+ *
+ * const lag: EventLoopLag = {
+ *   latest: 0.4,
+ *   maxLastMinute: 12,
+ *   buckets: [{ le: 1, count: 590 }, { le: 25, count: 600 }, { le: Infinity, count: 600 }],
+ *   sum: 310,
+ *   count: 600,
+ * };
+ * ```
+ */
+export interface EventLoopLag {
+  /** The latest measure. */
+  readonly latest: number;
+  /** The largest measure in the last minute. */
+  readonly maxLastMinute: number;
+  /**
+   * A histogram of every measure: how many were at most `le` milliseconds, cumulative as in
+   * Prometheus, the last bucket's `le` being `Infinity`.
+   */
+  readonly buckets: readonly { readonly le: number; readonly count: number }[];
+  /** The sum of every measure. */
+  readonly sum: number;
+  /** How many measures were taken. */
+  readonly count: number;
+}
+
+/**
+ * What the process holds, as {@linkcode ServerStats} reports it.
+ *
+ * @example
+ * ```ts
+ * import type { ProcessStats } from "@genio/genio/tcp-server";
+ *
+ * const process: ProcessStats = {
+ *   residentMemory: 48_000_000,
+ *   openFds: null,
+ *   startTime: Date.now(),
+ * };
+ * ```
+ */
+export interface ProcessStats {
+  /** Resident memory (RSS), in bytes. */
+  readonly residentMemory: number;
+  /**
+   * Open file descriptors, counted in `/proc/self/fd` on Linux when Deno lets the program
+   * read it, which takes `--allow-all`; else `null`. It never asks for permission.
+   */
+  readonly openFds: number | null;
+  /** When the process started, in milliseconds since the Unix epoch. */
+  readonly startTime: number;
+}
+
+/**
+ * A server's figures at one moment, as {@linkcode Server.stats} returns them: what a console
+ * or a metrics page shows. Counts and bytes are since the server started; bytes are counted
+ * as they cross the socket (an echo's `GOT:` included; over TLS, the plaintext) by each
+ * connection's own task.
+ *
+ * @example
+ * ```ts
+ * import type { ServerStats } from "@genio/genio/tcp-server";
+ *
+ * function summary(stats: ServerStats): string {
+ *   return `${stats.connectionsOpen} open, ${stats.bytesReceived} bytes in`;
+ * }
+ * ```
+ */
+export interface ServerStats {
+  /** Connections open now. */
+  readonly connectionsOpen: number;
+  /** Connections accepted since the server started. */
+  readonly connectionsTotal: number;
+  /**
+   * Times the accept loop reached `maxConnections` and stopped accepting. The server refuses
+   * nobody itself: at the limit newcomers wait in the kernel's listen backlog until a
+   * connection ends (the kernel refuses or drops them only when the backlog is full, which
+   * the process cannot see). Each pause counts once, however many waited.
+   */
+  readonly limitReached: number;
+  /** Bytes read from clients, by connections open and ended. */
+  readonly bytesReceived: number;
+  /** Bytes written to clients, by connections open and ended. */
+  readonly bytesSent: number;
+  /** Connections that ended in failure, by reason. */
+  readonly connectionErrors: Readonly<Record<ConnectionErrorReason, number>>;
+  /** The scheduler's figures: tasks by state, the ready queue, timers. */
+  readonly scheduler: SchedulerStats;
+  /** How late the event loop runs. */
+  readonly eventLoopLag: EventLoopLag;
+  /** What the process holds. */
+  readonly process: ProcessStats;
+}
+
+/**
  * A running server, as returned by {@linkcode serve}. `await using` shuts it down.
+ *
+ * @typeParam A The listener's address type: `Deno.NetAddr` (TCP, TLS) or `Deno.UnixAddr`.
  *
  * @example
  * ```ts
@@ -265,11 +458,16 @@ export interface ShutdownResult {
  * console.log(`serving on port ${server.addr.port}, ${server.connections} connections`);
  * ```
  */
-export interface Server extends AsyncDisposable {
-  /** The address the listener is bound to, with the real port. */
-  readonly addr: Deno.NetAddr;
+export interface Server<A extends Deno.Addr = Deno.NetAddr> extends AsyncDisposable {
+  /** The address the listener is bound to, with the real port (or the socket's path). */
+  readonly addr: A;
   /** The scheduler running the server's tasks, to inspect its queue and wait maps. */
   readonly scheduler: Scheduler;
+  /**
+   * The accept loop's task, named `tcp-server` (`unix-server` on a Unix socket): every
+   * connection's task is its child, and cancelling it stops the server at once.
+   */
+  readonly task: Task<void>;
   /** How many connections are open now. */
   readonly connections: number;
   /** Settles when the server has stopped: the listener closed and every connection ended. */
@@ -283,6 +481,36 @@ export interface Server extends AsyncDisposable {
    * @returns What the shutdown did, once the server has stopped.
    */
   shutdown(): Promise<ShutdownResult>;
+  /**
+   * The server's figures now, from counters kept per connection (never per message) and
+   * one walk over the scheduler's live tasks. The first call starts measuring the event
+   * loop's lag, with an unref'd timer every 100 ms that stops with the server.
+   *
+   * @returns The figures.
+   *
+   * @example Counting what a client sent
+   * ```ts
+   * import { serve } from "@genio/genio/tcp-server";
+   * import assert from "node:assert/strict";
+   *
+   * const server = serve({ hostname: "127.0.0.1", port: 0, onListen() {} });
+   * const client = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
+   * await client.write(new TextEncoder().encode("hello"));
+   * const reply = new Uint8Array(9);
+   * for (let got = 0; got < reply.length;) got += (await client.read(reply.subarray(got)))!;
+   * assert.equal(server.stats().connectionsOpen, 1);
+   *
+   * client.close();
+   * await server.shutdown();
+   * const stats = server.stats();
+   * assert.equal(stats.connectionsTotal, 1);
+   * assert.equal(stats.connectionsOpen, 0);
+   * assert.equal(stats.bytesReceived, 5); // "hello"
+   * assert.equal(stats.bytesSent, 9); // "GOT:hello"
+   * assert.equal(stats.scheduler.tasks, 0);
+   * ```
+   */
+  stats(): ServerStats;
 }
 
 /**
@@ -292,11 +520,17 @@ export interface Server extends AsyncDisposable {
  * ends, and a failure (reset by peer, broken pipe, a handler that throws) ends that
  * connection only.
  *
+ * On a TLS listener (`Deno.listenTls`), a connection's handshake is the first wait of its
+ * task, under its idle limit: a client that never finishes it is cut like a silent one, a
+ * handshake that fails (a client that does not speak TLS) ends that connection with
+ * `Deno.errors.InvalidData`, and the accept loop never waits for either.
+ *
  * Accept failures that belong to one client (it reset before it was accepted) are skipped;
  * only the listener's closing ends the loop. The operation then waits for its open
  * connections to end and returns. Cancel its task to stop them at once.
  *
- * @param listener Where connections come from. The caller closes it.
+ * @typeParam A The listener's address type, given to the hooks.
+ * @param listener Where connections come from: TCP, TLS or Unix. The caller closes it.
  * @param handler What runs for each connection; {@linkcode echoHandler} if left out.
  * @param options Limits, handler options and logging hooks.
  * @throws {RangeError} When an option is out of range.
@@ -323,10 +557,10 @@ export interface Server extends AsyncDisposable {
  * assert.equal(connections, 1);
  * ```
  */
-export function* tcpServer(
-  listener: Deno.Listener,
+export function* tcpServer<A extends Deno.Addr = Deno.NetAddr>(
+  listener: Deno.Listener<Deno.Conn, A>,
   handler?: Handler,
-  options?: TcpServerOptions,
+  options?: TcpServerOptions<A>,
 ): Operation<void> {
   const handle = handler ?? echoHandler;
   const maxConnections = checkMaxConnections(options?.maxConnections ?? DEFAULT_MAX_CONNECTIONS);
@@ -337,29 +571,34 @@ export function* tcpServer(
   };
   const onConnect = options?.onConnect;
   const onDisconnect = options?.onDisconnect ?? logDisconnect;
+  const onAcceptError = options?.onAcceptError ?? acceptErrorLog();
+  const onLimitReached = options?.onLimitReached;
   const proxyProtocol = options?.proxyProtocol ?? false;
-  const onAcceptError = options?.onAcceptError ?? acceptErrorLog(proxyProtocol);
   const onProxyError = options?.onProxyError ?? logProxyError;
   const headerTimeout = idleTimeout > 0
     ? Math.min(PROXY_HEADER_TIMEOUT_MS, idleTimeout)
     : PROXY_HEADER_TIMEOUT_MS;
 
+  // A slot per connection: at the limit the loop waits for one on the semaphore, where
+  // `tasks()` shows it, and after the listener closed it waits for the last to end.
+  const slots = new Semaphore(maxConnections);
   let open = 0;
-  let connectionEnded: PromiseWithResolvers<void> | null = null;
+  let lastEnded: Event | null = null;
   const ended = (): void => {
     open--;
-    connectionEnded?.resolve();
-    connectionEnded = null;
+    slots.release();
+    if (open === 0) lastEnded?.set();
   };
-  const nextEnd = (): Promise<void> => (connectionEnded ??= Promise.withResolvers()).promise;
 
   let retryMs = ACCEPT_RETRY_MS;
   for (;;) {
-    while (open >= maxConnections) yield* wait(nextEnd());
+    if (slots.available === 0) onLimitReached?.(open);
+    yield* slots.acquire();
     let conn: Deno.Conn;
     try {
       conn = yield* accept(listener);
     } catch (error) {
+      slots.release();
       if (listenerClosed(error)) break;
       if (error instanceof Cancelled || error instanceof TimeoutError) throw error;
       if (error instanceof BusyError) throw error;
@@ -374,7 +613,7 @@ export function* tcpServer(
     if (proxyProtocol) {
       const accepted = conn;
       yield* spawn(proxied(accepted), {
-        name: `proxy ${formatAddress(accepted.remoteAddr as Deno.NetAddr)}`,
+        name: PROXY_TASK + formatAddress(peerAddress(accepted)),
         onSettled() {
           closeQuietly(accepted);
           ended();
@@ -384,21 +623,24 @@ export function* tcpServer(
       yield* start(conn, ended);
     }
   }
-  while (open > 0) yield* wait(nextEnd());
+  if (open > 0) yield* (lastEnded = new Event()).wait();
 
-  // Runs the handler as the connection's task itself, not inside a wrapper that would
-  // resume it through `yield*` on every message: its idle limit is the task's own, and its
-  // end is seen by `onSettled`.
+  // The handler runs as the connection's task itself, not inside a wrapper that would
+  // resume it through `yield*` on every message: its idle limit is the task's own, and
+  // its end is seen by `onSettled`. TLS is the exception: its crypto costs far more.
   function* start(conn: Deno.Conn, release: () => void): Operation<Task<void> | null> {
-    const remoteAddr = conn.remoteAddr as Deno.NetAddr;
-    const disconnected = (_task: unknown, error: unknown): void => {
+    const remoteAddr = peerAddress(conn) as A;
+    const disconnected = (task: Task<unknown> | null, error: unknown): void => {
       closeQuietly(conn);
       release();
-      onDisconnect(remoteAddr, error);
+      onDisconnect(remoteAddr, error, task as Task<void> | null);
     };
     try {
       onConnect?.(remoteAddr);
-      return yield* spawn(handle(conn, handlerOptions), {
+      const operation = isTls(conn)
+        ? handshakeFirst(conn, handle, handlerOptions)
+        : handle(conn, handlerOptions);
+      return yield* spawn(operation, {
         name: `conn ${formatAddress(remoteAddr)}`,
         onSettled: disconnected,
         idleTimeout,
@@ -413,14 +655,14 @@ export function* tcpServer(
 
   // Reads the PROXY protocol header, then starts the handler as a child task and waits for
   // it: the handler reads its conn directly, so once the header is read this task costs
-  // nothing per message. The conn counts towards maxConnections from its accept on.
+  // nothing per message. The conn holds its slot from its accept on.
   function* proxied(conn: Deno.Conn): Operation<void> {
     let client;
     try {
       client = yield* acceptProxied(conn, headerTimeout);
     } catch (error) {
       if (error instanceof Cancelled) throw error;
-      if (!sentNothing(error)) onProxyError(conn.remoteAddr as Deno.NetAddr, error);
+      if (!sentNothing(error)) onProxyError(peerAddress(conn) as A, error);
       return;
     }
     if (client === null) return; // LOCAL: the balancer's health check
@@ -436,14 +678,48 @@ export function* tcpServer(
 }
 
 /**
+ * Listens on the Unix socket at `path` and runs {@linkcode tcpServer} there, as the TCP
+ * form does. The hooks get the socket's address for every connection (a Unix socket's peer
+ * has none of its own), and the socket file is removed when the listener closes.
+ *
+ * @param options The socket's path, the handler and its limits, and the shutdown grace.
+ * @returns The running server; its `addr` is the socket's.
+ * @throws {Deno.errors.AddrInUse} When a file is at `path`, a stale socket included.
+ * @throws {Deno.errors.NotCapable} Without read, write and net permission for the path.
+ * @throws {TypeError} When `transport` is not `"unix"`, or a TCP option is given too.
+ * @throws {RangeError} When an option is out of range.
+ *
+ * @example Serving on a Unix socket
+ * ```ts
+ * import { serve } from "@genio/genio/tcp-server";
+ * import assert from "node:assert/strict";
+ *
+ * const path = `${Deno.makeTempDirSync()}/echo.sock`;
+ * const server = serve({ path, onListen() {} });
+ * const client = await Deno.connect({ path, transport: "unix" });
+ * await client.write(new TextEncoder().encode("hi"));
+ * const reply = new Uint8Array(6);
+ * for (let got = 0; got < reply.length;) got += (await client.read(reply.subarray(got)))!;
+ * assert.equal(new TextDecoder().decode(reply), "GOT:hi");
+ *
+ * client.close();
+ * await server.shutdown();
+ * assert.throws(() => Deno.lstatSync(path), Deno.errors.NotFound);
+ * ```
+ */
+export function serve(options: ServeUnixOptions): Server<Deno.UnixAddr>;
+/**
  * Listens on `hostname:port` and runs {@linkcode tcpServer} with the handler on a new
- * {@linkcode Scheduler}, until {@linkcode Server.shutdown} or `signal` stops it.
+ * {@linkcode Scheduler}, until {@linkcode Server.shutdown} or `signal` stops it. With
+ * `cert` and `key` it speaks TLS (`connectTls()` has an example).
  *
  * @param options Where to listen, the handler and its limits, and the shutdown grace; the
  * echo server on 127.0.0.1:25000 if left out.
  * @returns The running server.
  * @throws {Deno.errors.AddrInUse} When the address is taken.
  * @throws {Deno.errors.NotCapable} Without net permission for the address.
+ * @throws {Deno.errors.InvalidData} When `cert` or `key` holds no PEM certificate or key.
+ * @throws {TypeError} When only one of `cert` and `key` is given.
  * @throws {RangeError} When an option is out of range.
  *
  * @example Serving, talking to it, and shutting down
@@ -473,10 +749,59 @@ export function* tcpServer(
  * await server.finished;
  * ```
  */
-export function serve(options?: ServeOptions): Server {
-  options ??= {};
+export function serve(options?: ServeOptions): Server;
+/**
+ * Listens on TCP or on a Unix socket, whichever `options` says.
+ *
+ * @param options {@linkcode ServeOptions} or {@linkcode ServeUnixOptions}.
+ * @returns The running server.
+ */
+export function serve(
+  options: ServeOptions | ServeUnixOptions,
+): Server<Deno.NetAddr> | Server<Deno.UnixAddr>;
+export function serve(
+  options: ServeOptions | ServeUnixOptions = {},
+): Server<Deno.NetAddr> | Server<Deno.UnixAddr> {
+  if ("path" in options) return start(options, "unix-server", () => listenUnix(options));
+  return start(options, "tcp-server", () => listenTcp(options));
+}
+
+function listenTcp(options: ServeOptions): Deno.Listener<Deno.Conn, Deno.NetAddr> {
   const hostname = options.hostname ?? DEFAULT_HOSTNAME;
   const port = checkPort(options.port ?? DEFAULT_PORT);
+  const { cert, key, reusePort } = options;
+  if (cert === undefined && key === undefined) return Deno.listen({ hostname, port, reusePort });
+  if (cert === undefined || key === undefined) {
+    const given = cert === undefined ? "key" : "cert";
+    throw new TypeError(`Cannot serve: "cert" and "key" go together, got only "${given}"`);
+  }
+  // The header comes before the TLS handshake, in the clear, and Deno's TLS listener
+  // would take it for the handshake's first bytes.
+  if (options.proxyProtocol) {
+    throw new TypeError(`Cannot serve: "proxyProtocol" does not go with "cert" and "key"`);
+  }
+  return Deno.listenTls({ hostname, port, cert, key, reusePort });
+}
+
+function listenUnix(options: ServeUnixOptions): Deno.Listener<Deno.Conn, Deno.UnixAddr> {
+  const { path, transport = "unix" } = options;
+  if (transport !== "unix") {
+    throw new TypeError(`Cannot serve: a path needs transport "unix", got "${transport}"`);
+  }
+  const tcpOnly = ["hostname", "port", "cert", "key", "reusePort", "proxyProtocol"].find((name) =>
+    Reflect.get(options, name) !== undefined
+  );
+  if (tcpOnly !== undefined) {
+    throw new TypeError(`Cannot serve: "path" does not go with "${tcpOnly}"`);
+  }
+  return Deno.listen({ path, transport });
+}
+
+function start<A extends Deno.Addr>(
+  options: ServeBaseOptions<A>,
+  name: string,
+  listen: () => Deno.Listener<Deno.Conn, A>,
+): Server<A> {
   const grace = checkGrace(options.grace ?? DEFAULT_GRACE_MS);
   checkMaxConnections(options.maxConnections ?? DEFAULT_MAX_CONNECTIONS);
   checkIdleTimeout(options.idleTimeout ?? DEFAULT_IDLE_TIMEOUT_MS);
@@ -489,26 +814,44 @@ export function serve(options?: ServeOptions): Server {
   let stopping = false;
   let drained = 0;
   let cancelled = 0;
-  const serverOptions: TcpServerOptions = {
+  // The figures of stats(), counted per connection; the bytes of open connections are
+  // read from their tasks when asked for.
+  let total = 0;
+  let limitReached = 0;
+  let bytesReceived = 0;
+  let bytesSent = 0;
+  const errors: Record<ConnectionErrorReason, number> = { reset: 0, timeout: 0, tls: 0, other: 0 };
+  const serverOptions: TcpServerOptions<A> = {
     ...options,
     onConnect(remoteAddr) {
       open++;
+      total++;
       options.onConnect?.(remoteAddr);
     },
-    onDisconnect(remoteAddr, error) {
+    onDisconnect(remoteAddr, error, task) {
       open--;
       if (stopping) error instanceof Cancelled ? cancelled++ : drained++;
-      onDisconnect(remoteAddr, error);
+      if (task !== null) {
+        bytesReceived += task.bytesRead;
+        bytesSent += task.bytesWritten;
+      }
+      const reason = errorReason(error);
+      if (reason !== null) errors[reason]++;
+      onDisconnect(remoteAddr, error, task);
+    },
+    onLimitReached(n) {
+      limitReached++;
+      options.onLimitReached?.(n);
     },
   };
   const handler = options.handler ?? echoHandler;
 
-  const listener = Deno.listen({ hostname, port, transport: "tcp", reusePort: options.reusePort });
+  const listener = listen();
   const addr = listener.addr;
   const scheduler = new Scheduler();
   let task: Task<void>;
   try {
-    task = scheduler.spawn(tcpServer(listener, handler, serverOptions), { name: "tcp-server" });
+    task = scheduler.spawn(tcpServer(listener, handler, serverOptions), { name });
     onListen(addr);
   } catch (error) {
     listener.close();
@@ -516,11 +859,13 @@ export function serve(options?: ServeOptions): Server {
   }
 
   let stopped = false;
+  let lag: LagSampler | null = null;
   const outcome = task.result.catch((error) => {
     if (!(error instanceof Cancelled)) throw error;
   });
   const finished = scheduler.run().then(() => outcome).finally(() => {
     stopped = true;
+    lag?.stop();
     closeQuietly(listener);
     signal?.removeEventListener("abort", onAbort);
   });
@@ -536,14 +881,48 @@ export function serve(options?: ServeOptions): Server {
   if (signal?.aborted) onAbort();
   else signal?.addEventListener("abort", onAbort, { once: true });
 
+  const stats = (): ServerStats => {
+    if (lag === null) {
+      lag = new LagSampler();
+      if (!stopped) lag.start();
+    }
+    let liveReceived = 0;
+    let liveSent = 0;
+    // The connections' tasks: the accept loop's children, and the handlers under PROXY
+    // header tasks (whose header is the balancer's, not counted). Parents come first.
+    const parents = new Set([task.id]);
+    for (const info of scheduler.tasks()) {
+      if (info.parent === null || !parents.has(info.parent)) continue;
+      if (info.name.startsWith(PROXY_TASK)) {
+        parents.add(info.id);
+        continue;
+      }
+      liveReceived += info.bytesRead;
+      liveSent += info.bytesWritten;
+    }
+    return {
+      connectionsOpen: open,
+      connectionsTotal: total,
+      limitReached,
+      bytesReceived: bytesReceived + liveReceived,
+      bytesSent: bytesSent + liveSent,
+      connectionErrors: { ...errors },
+      scheduler: scheduler.stats(),
+      eventLoopLag: lag.snapshot(),
+      process: processStats(),
+    };
+  };
+
   return {
     addr,
     scheduler,
+    task,
     get connections() {
       return open;
     },
     finished,
     shutdown,
+    stats,
     async [Symbol.asyncDispose]() {
       await shutdown();
     },
@@ -559,6 +938,33 @@ function* drain(server: Task<void>, grace: number): Operation<void> {
     if (!(error instanceof TimeoutError)) return;
   }
   yield* cancel(server);
+}
+
+// A Unix socket's peer is unnamed (Deno gives its path as null): it is named by the socket
+// it came in on, so that logs and task names say where it is.
+function peerAddress(conn: Deno.Conn): Deno.Addr {
+  const remote = conn.remoteAddr;
+  return remote.transport === "unix" && !remote.path ? conn.localAddr : remote;
+}
+
+function isTls(conn: Deno.Conn): conn is Deno.TlsConn {
+  return typeof (conn as Partial<Deno.TlsConn>).handshake === "function";
+}
+
+// Deno shakes hands lazily, inside the first read or write; doing it first, as a wait, puts
+// it under the task's idle limit whatever the handler does, and names what failed.
+function* handshakeFirst(
+  conn: Deno.TlsConn,
+  handler: Handler,
+  options: HandlerOptions,
+): Operation<void> {
+  try {
+    yield* wait(conn.handshake());
+  } catch (error) {
+    if (!(error instanceof Deno.errors.InvalidData)) throw error;
+    throw new Deno.errors.InvalidData(`TLS handshake failed: ${error.message}`, { cause: error });
+  }
+  yield* handler(conn, options);
 }
 
 function listenerClosed(error: unknown): boolean {
@@ -580,16 +986,16 @@ function failedBeforeAccept(error: unknown): boolean {
     error instanceof Deno.errors.ConnectionAborted;
 }
 
-function logListening(addr: Deno.NetAddr): void {
+function logListening(addr: Deno.Addr): void {
   console.log(`Listening on ${formatAddress(addr)}`);
 }
 
-function logDisconnect(remoteAddr: Deno.NetAddr, error: unknown): void {
+function logDisconnect(remoteAddr: Deno.Addr, error: unknown): void {
   if (error === undefined || error instanceof Cancelled) return;
   console.error(`Connection ${formatAddress(remoteAddr)} failed: ${describe(error)}`);
 }
 
-function logProxyError(remoteAddr: Deno.NetAddr, error: unknown): void {
+function logProxyError(remoteAddr: Deno.Addr, error: unknown): void {
   const why = error instanceof TimeoutError
     ? `no PROXY protocol header within ${error.ms / 1000} s`
     : error instanceof ProxyHeaderError
@@ -600,14 +1006,12 @@ function logProxyError(remoteAddr: Deno.NetAddr, error: unknown): void {
 
 // A server out of file descriptors fails every accept for as long as that lasts: one line
 // says so, and the same line again only once a minute, with how often it was left out.
-// Behind a balancer, a client that reset before it was accepted is its health check (HAProxy
-// sends a LOCAL header and resets at once): expected, so not printed.
-function acceptErrorLog(proxyProtocol: boolean): (error: unknown) => void {
+function acceptErrorLog(): (error: unknown) => void {
   let last = "";
   let printedAt = -Infinity;
   let leftOut = 0;
   return (error) => {
-    if (proxyProtocol && failedBeforeAccept(error)) return;
+    if (failedBeforeAccept(error)) return;
     const line = `Accept failed: ${describe(error)}`;
     const now = performance.now();
     if (line === last && now - printedAt < ACCEPT_LOG_REPEAT_MS) {

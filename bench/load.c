@@ -27,6 +27,11 @@
  *   idle      (one server) holds the connections for --hold s, reads the server's VmRSS
  *             (--pid), then does one more round trip on every connection to show that
  *             all are still served.
+ *   lines     a line protocol instead: the server answers every line with the same line.
+ *             The stream is lines of --size bytes, the last of each a '\n' (the setup
+ *             round trip is one line); every connection sends --depth lines in one write
+ *             and waits for all their replies before sending again, as pingpong does.
+ *             Replies are checked byte for byte against what was sent.
  *
  * Costs it reports, per server over its turns: client_busy_pct (share of the turn this
  * client spent handling events; with --spin it polls epoll without sleeping, so its CPU
@@ -54,7 +59,7 @@
 #include <time.h>
 #include <unistd.h>
 
-enum mode { PINGPONG, BULK, IDLE };
+enum mode { PINGPONG, BULK, IDLE, LINES };
 enum state { UNUSED, CONNECTING, SETUP, READY, DEAD };
 enum error_kind { E_CONNECT, E_RESET, E_EOF, E_BAD, E_TIMEOUT, E_OTHER, E_KINDS };
 static const char *ERROR_NAMES[E_KINDS] = {"connect", "reset", "eof", "bad", "timeout", "other"};
@@ -95,9 +100,9 @@ struct server {
 static struct {
   enum mode mode;
   const char *host;
-  int conns, size, ramp, spin;
+  int conns, size, ramp, spin, depth;
   double warmup, duration, slice_ms, hold, timeout;
-} opt = {PINGPONG, "127.0.0.1", 1, 64, 200, 0, 1, 3, 250, 2, 10};
+} opt = {PINGPONG, "127.0.0.1", 1, 64, 200, 0, 16, 1, 3, 250, 2, 10};
 
 static struct server servers[MAX_SERVERS];
 static int server_count;
@@ -105,7 +110,8 @@ static int total_conns; /* server_count * opt.conns; conns[i] belongs to server 
 
 static int ep;
 static struct conn *conns;
-static uint8_t *pattern; /* pattern[i] = 'a' + i % 26, long enough for any write or compare */
+static uint8_t *pattern; /* the stream from byte 0, long enough for any write or compare */
+static size_t period = 26; /* pattern + k % period is the stream from byte k */
 static uint8_t rbuf[READ_SIZE];
 
 static int next_to_open, in_setup, ready_count;
@@ -262,7 +268,7 @@ static void open_next(void) {
 /* Writes what is left of the current message; registers EPOLLOUT if the socket is full. */
 static void flush(struct conn *c) {
   while (c->tx < c->goal) {
-    ssize_t n = write(c->fd, pattern + c->tx % 26, c->goal - c->tx);
+    ssize_t n = write(c->fd, pattern + c->tx % period, c->goal - c->tx);
     if (n < 0) {
       if (errno == EAGAIN) {
         if (!c->want_out) watch(c, EPOLL_CTL_MOD, EPOLLIN | EPOLLOUT);
@@ -276,6 +282,10 @@ static void flush(struct conn *c) {
   if (c->want_out) watch(c, EPOLL_CTL_MOD, EPOLLIN);
 }
 
+/* What one connection sends per round trip, and in the setup round trip. */
+static int message_size(void) { return opt.mode == LINES ? opt.size * opt.depth : opt.size; }
+static int setup_size(void) { return opt.mode == LINES ? opt.size : SETUP_SIZE; }
+
 static void send_message(struct conn *c, int size) {
   c->goal = c->tx + (uint64_t)size;
   c->need_prefix = 1;
@@ -285,7 +295,7 @@ static void send_message(struct conn *c, int size) {
 
 /* Bulk: one chunk whenever the socket is writable. */
 static void bulk_write(struct conn *c) {
-  ssize_t n = write(c->fd, pattern + c->tx % 26, (size_t)opt.size);
+  ssize_t n = write(c->fd, pattern + c->tx % period, (size_t)opt.size);
   if (n < 0) {
     if (errno != EAGAIN)
       fail(c, errno == ECONNRESET || errno == EPIPE ? E_RESET : E_OTHER, strerror(errno));
@@ -298,6 +308,13 @@ static void bulk_write(struct conn *c) {
 /* Checks n received bytes against the stream; returns the payload byte count, or -1. */
 static long check(struct conn *c, const uint8_t *data, size_t n) {
   static const char PREFIX[] = "GOT:";
+  if (opt.mode == LINES) { /* no prefixes: the reply is the stream itself */
+    if (c->rx + n > c->tx) return fail(c, E_BAD, "more bytes than were sent"), -1;
+    if (memcmp(data, pattern + c->rx % period, n) != 0)
+      return fail(c, E_BAD, "reply differs from the lines sent"), -1;
+    c->rx += n;
+    return (long)n;
+  }
   size_t i = 0;
   long payload = 0;
   while (i < n) {
@@ -318,7 +335,7 @@ static long check(struct conn *c, const uint8_t *data, size_t n) {
     const uint8_t *g = memchr(data + i, 'G', n - i);
     size_t end = g ? (size_t)(g - data) : n, len = end - i;
     if (c->rx + len > c->tx) return fail(c, E_BAD, "more bytes than were sent"), -1;
-    if (memcmp(data + i, pattern + c->rx % 26, len) != 0)
+    if (memcmp(data + i, pattern + c->rx % period, len) != 0)
       return fail(c, E_BAD, "payload differs from what was sent"), -1;
     c->rx += len;
     payload += (long)len;
@@ -351,7 +368,7 @@ static void replied(struct conn *c) {
     s->round_trips++;
     record_latency(s, now_ns() - c->sent_ns);
   }
-  if (turn == c->server) send_message(c, opt.size);
+  if (turn == c->server) send_message(c, message_size());
 }
 
 static void on_readable(struct conn *c) {
@@ -379,7 +396,7 @@ static void on_event(struct conn *c, uint32_t events) {
     if (err) return fail(c, E_CONNECT, strerror(err));
     c->state = SETUP;
     watch(c, EPOLL_CTL_MOD, EPOLLIN);
-    send_message(c, SETUP_SIZE);
+    send_message(c, setup_size());
     return;
   }
   if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) on_readable(c);
@@ -435,7 +452,7 @@ static void start_turn(int s) {
   for (int i = s * opt.conns; i < (s + 1) * opt.conns; i++) {
     struct conn *c = &conns[i];
     if (c->state != READY) continue;
-    if (opt.mode == PINGPONG) send_message(c, opt.size);
+    if (opt.mode != BULK) send_message(c, message_size());
     else watch(c, EPOLL_CTL_MOD, EPOLLIN | EPOLLOUT);
   }
 }
@@ -486,8 +503,9 @@ static double percentile_us(struct server *s, double p) {
 
 static void usage(void) {
   fprintf(stderr,
-          "usage: load --port P[,P2] [--pid PID[,PID2]] [--mode pingpong|bulk|idle] [--conns N]\n"
-          "            [--size BYTES] [--warmup S] [--duration S] [--slice MS] [--hold S]\n"
+          "usage: load --port P[,P2] [--pid PID[,PID2]] [--mode pingpong|bulk|idle|lines]\n"
+          "            [--conns N] [--size BYTES] [--depth LINES] [--warmup S] [--duration S]\n"
+          "            [--slice MS] [--hold S]\n"
           "            [--spin] [--ramp N] [--timeout S] [--host 127.0.0.1]\n");
   exit(2);
 }
@@ -516,6 +534,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--host")) opt.host = v;
     else if (!strcmp(a, "--conns")) opt.conns = atoi(v);
     else if (!strcmp(a, "--size")) opt.size = atoi(v);
+    else if (!strcmp(a, "--depth")) opt.depth = atoi(v);
     else if (!strcmp(a, "--warmup")) opt.warmup = atof(v);
     else if (!strcmp(a, "--duration")) opt.duration = atof(v);
     else if (!strcmp(a, "--slice")) opt.slice_ms = atof(v);
@@ -526,10 +545,12 @@ int main(int argc, char **argv) {
       if (!strcmp(v, "pingpong")) opt.mode = PINGPONG;
       else if (!strcmp(v, "bulk")) opt.mode = BULK;
       else if (!strcmp(v, "idle")) opt.mode = IDLE;
+      else if (!strcmp(v, "lines")) opt.mode = LINES;
       else usage();
     } else usage();
   }
   if (server_count < 1 || opt.conns <= 0 || opt.size <= 0 || opt.size > (1 << 20) ||
+      opt.depth <= 0 || (long)opt.size * opt.depth > (1 << 20) ||
       opt.ramp <= 0 || opt.slice_ms <= 0 || (pid_count && pid_count != server_count))
     usage();
   for (int s = 0; s < server_count; s++)
@@ -546,11 +567,15 @@ int main(int argc, char **argv) {
     die("need %d open files, the hard limit is %lu: raise it (ulimit -Hn %d as root)",
         total_conns + 16, (unsigned long)rl.rlim_max, total_conns + 64);
 
-  size_t pattern_len = READ_SIZE + (size_t)opt.size + 26;
+  if (opt.mode == LINES) period = (size_t)opt.size;
+  size_t pattern_len = READ_SIZE + (size_t)message_size() + period;
   pattern = malloc(pattern_len);
   conns = calloc((size_t)total_conns, sizeof *conns);
   if (!pattern || !conns) die("out of memory");
   for (size_t i = 0; i < pattern_len; i++) pattern[i] = (uint8_t)('a' + i % 26);
+  if (opt.mode == LINES)
+    for (size_t i = 0; i < pattern_len; i++)
+      pattern[i] = i % period == period - 1 ? '\n' : (uint8_t)('a' + i % period % 26);
   for (int s = 0; s < server_count; s++) {
     servers[s].port = ports[s];
     servers[s].pid = pids[s];
@@ -614,7 +639,7 @@ int main(int argc, char **argv) {
 
   uint64_t total_errors = 0;
   for (int k = 0; k < E_KINDS; k++) total_errors += errors[k];
-  const char *modes[] = {"pingpong", "bulk", "idle"};
+  const char *modes[] = {"pingpong", "bulk", "idle", "lines"};
   double tick_ns = 1e9 / (double)sysconf(_SC_CLK_TCK);
   for (int k = 0; k < server_count; k++) {
     struct server *s = &servers[k];
@@ -643,6 +668,9 @@ int main(int argc, char **argv) {
              s->prefixes ? (double)s->payload / (double)s->prefixes : 0.0,
              (double)s->busy_ns / (double)s->turn_ns * 100,
              (double)s->ticks * tick_ns / (double)s->turn_ns * 100);
+      if (opt.mode == LINES)
+        printf(",\"depth\":%d,\"lines_per_s\":%.0f", opt.depth,
+               (double)s->round_trips * opt.depth / turn_s);
       printf(",\"window_s\":%.3f,\"client_cpu_pct\":%.1f,\"cpu0_foreign_pct\":%.1f,"
              "\"cpu1_foreign_pct\":%.1f,\"server_runq_pct\":%.1f,\"client_runq_pct\":%.1f,"
              "\"steal_pct\":%.1f",

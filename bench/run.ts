@@ -1,6 +1,8 @@
 /**
  * The benchmark: genio's echo server (`server.ts`) against the raw async/await one
- * (`bench/raw_echo.ts`) under the same load profiles, then the kernel's microbenchmarks
+ * (`bench/raw_echo.ts`) under the same load profiles, a line protocol server built on
+ * `Stream` (`bench/line_server.ts`) against one with hand-written buffering
+ * (`bench/raw_line.ts`), then the kernel's microbenchmarks
  * (`bench/kernel_bench.ts`). Prints every figure with its ratio to the raw server, how busy
  * the load client was, and whether the targets of issue #5 hold; writes the tables to
  * `bench/.build/results.md` and every run's figures to `bench/.build/results.json`.
@@ -24,6 +26,7 @@
  * deno task bench --genio-args="--idle-timeout 0"
  * deno task bench --genio bench/trampoline_echo.ts --no-micro # the scheduler-free yardstick
  * deno task bench --baseline old/server.ts --no-micro         # one genio against another
+ * deno task bench --profiles line100 --reps 3 --no-micro      # the line protocol only
  * ```
  *
  * @module
@@ -33,20 +36,26 @@ import { parseFlags } from "./_flags.ts";
 /** One load profile, as the load client runs it. */
 interface Profile {
   readonly name: string;
-  readonly mode: "pingpong" | "bulk" | "idle";
+  readonly mode: "pingpong" | "bulk" | "idle" | "lines";
   readonly conns: number;
   readonly size: number;
+  /** Lines each connection sends at once, in the lines mode. */
+  readonly depth?: number;
+  /** The two servers, when not `--baseline` and `--genio`. */
+  readonly servers?: { readonly raw: Server; readonly genio: Server };
   /** Minimum genio / raw ratio (maximum for RSS) from issue #5. */
   readonly target?: number;
-  /** genio against itself: the baseline, then the subject, in place of raw and genio. */
-  readonly pair?: readonly [Server, Server];
-  /** What the subject / baseline ratio compares, for the table. */
+  /**
+   * For genio against itself (`servers` the baseline and the subject): what the ratio
+   * compares. Such profiles get a table of their own.
+   */
   readonly label?: string;
 }
 
 /** The fields of one `RESULT {json}` line of the load client that this script reads. */
 interface LoadResult {
   rps?: number;
+  lines_per_s?: number;
   p50_us?: number;
   p99_us?: number;
   payload_MBps?: number;
@@ -88,18 +97,21 @@ const STARTUP_TIMEOUT_MS = 30_000;
 // A repetition disturbed by more than this much outside work (% of a CPU) is run again.
 const NOISE_LIMIT = 20;
 const SCALE_NOTE = "Scale-out, genio against itself. pp1000w2: both servers may use both " +
-  "CPUs, and the load client shares CPU 1 without spinning, so the second worker gets only " +
-  "what the client leaves of it (about half): on this 2-core machine 1.5× is the ceiling, " +
-  "where a machine with cores to spare would approach 2×. pp1000ha: one genio with " +
-  "--proxy-protocol behind HAProxy (deploy/haproxy.cfg, one server line), HAProxy pinned " +
-  "to the server's CPU 0, against genio alone there: what the balancer's work costs when " +
-  "it shares the server's core; on a machine of its own it costs the server nothing but " +
-  "the header, and the client a hop.";
+  "CPUs, and the load client shares CPU 1 without spinning, so the second worker gets what " +
+  "the client leaves of it: with the client at about 8 µs and genio at about 11 µs of CPU " +
+  "per round trip, 2 cores allow about 1.35× at best (bench/README.md), where a machine " +
+  "with cores to spare would approach 2×. pp1000ha: one genio with --proxy-protocol behind " +
+  "HAProxy (deploy/haproxy.cfg, one server line), HAProxy pinned to the server's CPU 0, " +
+  "against genio alone there: what the balancer's work costs when it shares the server's " +
+  "core; on a machine of its own it costs the server only the header, and each message a hop.";
 
 const { values: flags } = parseFlags("bench", {
   args: Deno.args,
   options: {
-    profiles: { type: "string", default: "pp1,pp100,pp1000,bulk10,idle,pp1000w2,pp1000ha" },
+    profiles: {
+      type: "string",
+      default: "pp1,pp100,pp1000,bulk10,idle,line100,pp1000w2,pp1000ha",
+    },
     reps: { type: "string", default: "7" },
     "idle-reps": { type: "string", default: "3" },
     "idle-conns": { type: "string", default: "10000" },
@@ -164,12 +176,24 @@ const PROFILES: readonly Profile[] = [
   { name: "bulk10", mode: "bulk", conns: 10, size: 65536, target: 0.95 },
   { name: "idle", mode: "idle", conns: idleConns, size: 64, target: 1.2 },
   {
+    name: "line100",
+    mode: "lines",
+    conns: 100,
+    size: 64,
+    depth: 16,
+    target: 0.9,
+    servers: {
+      raw: { name: "raw", path: "bench/raw_line.ts", args: [] },
+      genio: { name: "genio", path: "bench/line_server.ts", args: [] },
+    },
+  },
+  {
     name: "pp1000w2",
     mode: "pingpong",
     conns: 1000,
     size: 64,
     target: 1.3,
-    pair: [workers(1), workers(2)],
+    servers: { raw: workers(1), genio: workers(2) },
     label: "--workers 2 / 1",
   },
   {
@@ -177,7 +201,7 @@ const PROFILES: readonly Profile[] = [
     mode: "pingpong",
     conns: 1000,
     size: 64,
-    pair: [GENIO, BEHIND_HAPROXY],
+    servers: { raw: GENIO, genio: BEHIND_HAPROXY },
     label: "HAProxy / direct",
   },
 ];
@@ -363,6 +387,7 @@ async function load(
     ...["--port", servers.map((s) => s.port).join(",")],
     ...["--pid", servers.map((s) => s.child.pid).join(",")],
     ...["--mode", profile.mode, "--conns", `${profile.conns}`, "--size", `${profile.size}`],
+    ...(profile.depth === undefined ? [] : ["--depth", `${profile.depth}`]),
     ...["--warmup", `${warmup}`, "--duration", `${duration}`, "--slice", flags.slice],
     ...["--hold", `${hold}`],
     // With a CPU of its own, the client polls epoll instead of sleeping in it, so its own
@@ -385,7 +410,8 @@ async function load(
 }
 
 function sharesClientCpu(profile: Profile): boolean {
-  return profile.pair?.some((server) => server.cpus?.includes("1")) ?? false;
+  const { raw, genio } = profile.servers ?? {};
+  return [raw, genio].some((server) => server?.cpus?.includes("1"));
 }
 
 /** Outside work during a run, in % of a CPU: what other processes took on the two CPUs. */
@@ -399,12 +425,12 @@ function noise(result: LoadResult): number {
 
 /** One repetition of a two-server profile: both servers, turns interleaved. */
 async function pairRep(profile: Profile, rep: number, pin: boolean): Promise<Rep> {
-  const [baseline, subject] = profile.pair ?? [RAW, GENIO];
-  const order = rep % 2 === 1 ? [baseline, subject] : [subject, baseline];
+  const { raw, genio } = profile.servers ?? { raw: RAW, genio: GENIO };
+  const order = rep % 2 === 1 ? [raw, genio] : [genio, raw];
   const running = await Promise.all(order.map((server) => start(server, pin)));
   try {
     const [first, second] = await load(profile, running, pin);
-    return order[0] === baseline ? { raw: first, genio: second } : { raw: second, genio: first };
+    return order[0] === raw ? { raw: first, genio: second } : { raw: second, genio: first };
   } finally {
     await Promise.all(running.map(stop));
   }
@@ -503,6 +529,28 @@ function rowsFor(profile: Profile, results: Rep[]): Row[] {
       },
     ];
   }
+  if (profile.mode === "lines") {
+    return [
+      {
+        ...base,
+        figure:
+          `lines/s, ${profile.conns} conn × ${profile.depth} pipelined ${profile.size}-B lines`,
+        raw: fmt(med("raw", "lines_per_s")),
+        genio: fmt(med("genio", "lines_per_s")),
+        ratio: ratioText("lines_per_s"),
+        target: verdict("lines_per_s", true),
+        client,
+      },
+      {
+        ...base,
+        figure: `latency of ${profile.depth} lines p50 / p99 (µs)`,
+        raw: `${fmt(med("raw", "p50_us"))} / ${fmt(med("raw", "p99_us"))}`,
+        genio: `${fmt(med("genio", "p50_us"))} / ${fmt(med("genio", "p99_us"))}`,
+        ratio: `${median(ratios("p50_us")).toFixed(2)} / ${median(ratios("p99_us")).toFixed(2)}`,
+        target: ok.length === results.length ? "" : runs,
+      },
+    ];
+  }
   if (profile.mode === "bulk") {
     return [{
       ...base,
@@ -553,6 +601,8 @@ function describe(result: LoadResult, mode: Profile["mode"]): string {
   if (mode === "idle") return `${fmt(result.rss_per_conn_B!)} B/conn, ${result.served} served`;
   const figure = mode === "bulk"
     ? `${fmt(result.payload_MBps!)} MB/s`
+    : mode === "lines"
+    ? `${fmt(result.lines_per_s!)} lines/s, p99 ${fmt(result.p99_us!)} µs`
     : `${fmt(result.rps!)} rt/s, p99 ${fmt(result.p99_us!)} µs`;
   return `${figure}, server CPU ${fmt(result.server_cpu_pct!)} %, client busy ${
     fmt(result.client_busy_pct!)
@@ -585,7 +635,7 @@ interface BenchReport {
 /** Runs `bench/kernel_bench.ts` and tabulates it: time per operation, ratio to async. */
 async function microbenchmarks(): Promise<string> {
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["bench", "--json", "--allow-net", "bench/kernel_bench.ts"],
+    args: ["bench", "--json", "--allow-net", "bench/kernel_bench.ts", "bench/sync_bench.ts"],
     cwd: ROOT,
     stderr: "inherit",
   }).output();
@@ -626,7 +676,7 @@ async function main(): Promise<number> {
   const pin = (await run("taskset", ["-c", "0", "true"])).ok;
   const wanted = flags.profiles.split(",");
   const profiles = PROFILES.filter((p) => wanted.includes(p.name));
-  const haproxy = profiles.findIndex((p) => p.pair?.some((server) => server.haproxy));
+  const haproxy = profiles.findIndex((p) => p.servers?.genio.haproxy);
   if (haproxy >= 0 && !(await run("haproxy", ["-v"])).ok) {
     console.error("haproxy is not installed (apt-get install haproxy): skipping pp1000ha.");
     profiles.splice(haproxy, 1);
@@ -668,7 +718,7 @@ async function main(): Promise<number> {
       for (
         let attempt = 0;
         attempt < retries && noise(result.raw) > NOISE_LIMIT && result.raw.errors === 0 &&
-        profile.pair === undefined &&
+        profile.label === undefined &&
         performance.now() - started < budgetMs;
         attempt++
       ) {
@@ -680,22 +730,22 @@ async function main(): Promise<number> {
         if (again.raw.errors > 0 || noise(again.raw) < noise(result.raw)) result = again;
       }
       results.push(result);
-      for (const [i, server] of (["raw", "genio"] as const).entries()) {
+      for (const server of ["raw", "genio"] as const) {
         const r = result[server];
         if (r.errors > 0) failed = true;
-        const name = profile.pair?.[i].name ?? server;
+        const name = profile.servers?.[server].name ?? server;
         console.log(`  ${profile.name} ${rep}/${n} ${name.padEnd(5)} ${describe(r, profile.mode)}`);
       }
     }
     all[profile.name] = results;
-    (profile.pair ? scaleRows : rows).push(...rowsFor(profile, results));
+    (profile.label ? scaleRows : rows).push(...rowsFor(profile, results));
   }
   const table = [
     ...rows.length > 0 ? [markdownTable(rows)] : [],
     ...scaleRows.length > 0 ? [markdownTable(scaleRows, ["baseline", "subject", "baseline"])] : [],
   ].join("\n\n") + (scaleRows.length > 0 ? `\n\n${SCALE_NOTE}` : "");
   const loadSeconds = (performance.now() - started) / 1000;
-  const noises = profiles.flatMap((p) => p.pair ? [] : all[p.name]).map((r) => noise(r.raw));
+  const noises = profiles.flatMap((p) => p.label ? [] : all[p.name]).map((r) => noise(r.raw));
   const noisy = noises.filter((x) => x > NOISE_LIMIT).length;
   const noiseNote =
     `Outside work (other processes on the two CPUs) per repetition, median: ${

@@ -5,6 +5,16 @@ import { closeQuietly } from "../_close_quietly.ts";
 
 export const HOST = "127.0.0.1";
 
+// Whether this machine can listen on ::1, for the tests that need IPv6.
+export const HAS_IPV6: boolean = (() => {
+  try {
+    Deno.listen({ hostname: "::1", port: 0 }).close();
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
 export const encode = (text: string): Uint8Array => new TextEncoder().encode(text);
 export const decode = (bytes: Uint8Array): string => new TextDecoder().decode(bytes);
 
@@ -133,4 +143,23 @@ export async function loopback(): Promise<Loopback> {
       closeQuietly(server);
     },
   };
+}
+
+// A path for a Unix socket in a fresh directory, removed with it by `using`.
+export function socketPath(): { path: string } & Disposable {
+  const dir = Deno.makeTempDirSync({ prefix: "genio-unix-" });
+  return {
+    path: `${dir}/genio.sock`,
+    [Symbol.dispose]: () => Deno.removeSync(dir, { recursive: true }),
+  };
+}
+
+export function exists(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return false;
+    throw error;
+  }
 }

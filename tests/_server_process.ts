@@ -3,7 +3,7 @@
 import { within } from "./_net.ts";
 
 const ROOT = new URL("..", import.meta.url);
-const SERVER = new URL("../server.ts", import.meta.url).pathname;
+export const SERVER: string = new URL("../server.ts", import.meta.url).pathname;
 const STARTUP_MS = 30_000;
 const EXIT_MS = 20_000;
 
@@ -67,8 +67,9 @@ class Lines {
 }
 
 export interface ServerProcess extends AsyncDisposable {
-  readonly hostname: string;
-  readonly port: number;
+  readonly hostname: string; // "" on a Unix socket
+  readonly port: number; // 0 on a Unix socket
+  readonly path: string | null; // the Unix socket's, from "Listening on unix:PATH"
   readonly stdout: Lines;
   readonly stderr: Lines;
   kill(signal?: Deno.Signal): void;
@@ -76,22 +77,22 @@ export interface ServerProcess extends AsyncDisposable {
   exited(): Promise<Exit>;
 }
 
-// How to run it beyond `--allow-net`: more flags for `deno run` (`--unstable-net` ...), and
-// environment variables.
-export interface RunOptions {
-  deno?: string[];
-  env?: Record<string, string>;
-}
-
-// Starts `deno run --allow-net server.ts ARGS` and waits for its "Listening on" line.
-export async function startServer(args: string[], run: RunOptions = {}): Promise<ServerProcess> {
+// Starts `deno run PERMISSIONS SCRIPT ARGS` (server.ts with --allow-net unless told, or another
+// program with the same first line, such as an example) and waits for its "Listening on" line.
+// `env` adds to its environment.
+export async function startServer(
+  args: string[],
+  script: string = SERVER,
+  permissions: string[] = ["--allow-net"],
+  env: Record<string, string> = {},
+): Promise<ServerProcess> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-net", ...run.deno ?? [], SERVER, ...args],
+    args: ["run", ...permissions, script, ...args],
     cwd: ROOT,
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
-    env: { NO_COLOR: "1", ...run.env },
+    env: { NO_COLOR: "1", ...env },
   }).spawn();
   const stdout = new Lines(child.stdout);
   const stderr = new Lines(child.stderr);
@@ -112,13 +113,14 @@ export async function startServer(args: string[], run: RunOptions = {}): Promise
   };
   try {
     const line = await stdout.waitFor(/^/, STARTUP_MS);
-    const match = line.match(/^Listening on (\[(.+)\]|([^:]+)):(\d+)$/);
+    const match = line.match(/^Listening on (?:unix:(.+)|(\[(.+)\]|([^:]+)):(\d+))$/);
     if (match === null) {
       throw new Error(`Expected "Listening on HOST:PORT" first, got ${JSON.stringify(line)}`);
     }
     return {
-      hostname: match[2] ?? match[3],
-      port: Number(match[4]),
+      hostname: match[3] ?? match[4] ?? "",
+      port: Number(match[5] ?? 0),
+      path: match[1] ?? null,
       stdout,
       stderr,
       kill,
@@ -135,20 +137,22 @@ export async function startServer(args: string[], run: RunOptions = {}): Promise
   }
 }
 
-// Runs `deno run [--allow-net] server.ts ARGS` to completion, for the flags that exit at once.
+// Runs `deno run PERMISSIONS SCRIPT ARGS` to completion, for the flags that exit at once.
+// `allowNet` is --allow-net (true), nothing (false), or the permission flags themselves.
 export async function runServer(
   args: string[],
-  allowNet = true,
-  run: RunOptions = {},
+  allowNet: boolean | string[] = true,
+  script: string = SERVER,
 ): Promise<Exit> {
+  const permissions = allowNet === true ? ["--allow-net"] : allowNet === false ? [] : allowNet;
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(), EXIT_MS);
   try {
     const output = await new Deno.Command(Deno.execPath(), {
-      args: ["run", ...(allowNet ? ["--allow-net"] : []), ...run.deno ?? [], SERVER, ...args],
+      args: ["run", ...permissions, script, ...args],
       cwd: ROOT,
       stdin: "null",
-      env: { NO_COLOR: "1", ...run.env },
+      env: { NO_COLOR: "1" },
       signal: controller.signal,
     }).output();
     const lines = (bytes: Uint8Array) =>

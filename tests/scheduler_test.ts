@@ -1114,3 +1114,34 @@ Deno.test("a failure in a stepped task is reported once, at the end of its step"
   assert.equal(reported.length, 1);
   assert.match(String(reported[0]), /boom/);
 });
+
+Deno.test("a task's bytesRead and bytesWritten count its reads and writes; task(id) finds it while it lives", async () => {
+  const [client, server] = memoryConnPair();
+  const scheduler = new Scheduler();
+  const task = scheduler.spawn(
+    function* () {
+      const buffer = new Uint8Array(64);
+      let n: number | null;
+      while ((n = yield* read(server, buffer)) !== null) {
+        yield* write(server, encode(`GOT:${decode(buffer.subarray(0, n))}`));
+      }
+    }(),
+    { name: "echo" },
+  );
+  assert.equal(scheduler.task(task.id), task);
+  const done = scheduler.run();
+  await client.write(encode("hello"));
+  assert.equal(await readText(client, 9), "GOT:hello");
+  await until(() => task.bytesWritten === 9, "the write to complete");
+  assert.equal(task.bytesRead, 5);
+  assert.deepEqual(
+    scheduler.tasks().map(({ id, bytesRead, bytesWritten }) => ({ id, bytesRead, bytesWritten })),
+    [{ id: task.id, bytesRead: 5, bytesWritten: 9 }],
+  );
+  await client.closeWrite();
+  await done;
+  assert.equal(scheduler.task(task.id), undefined);
+  assert.equal(task.bytesRead, 5);
+  client.close();
+  server.close();
+});

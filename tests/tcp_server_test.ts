@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { Cancelled, type Operation, read, Scheduler } from "../mod.ts";
+import { Cancelled, type Operation, read, Scheduler, Semaphore } from "../mod.ts";
 import { echoHandler } from "../echo.ts";
 import { type Handler, serve, tcpServer } from "../tcp_server.ts";
 import { createTestScheduler } from "../testing.ts";
@@ -194,6 +194,7 @@ Deno.test("tcpServer stops calling accept at maxConnections and resumes when one
   await until(() => scheduler.acceptWaiting.size === 0, "the accept loop to stop accepting");
   const loop = scheduler.tasks().find((task) => task.name === "tcp-server")!;
   assert.equal(loop.state, "waiting");
+  assert.ok(loop.waitingOn instanceof Semaphore, "it waits for a slot on a semaphore");
   assert.equal(server.connections, 1);
   first.close();
   assert.equal(await readExactly(second, 5), "GOT:2");
@@ -328,4 +329,139 @@ Deno.test("serve() gives every handler the idle limit, and closes its conn when 
   assert.equal((errors[0] as Error).name, "TimeoutError");
   conn.close();
   await server.shutdown();
+});
+
+// --- stats() ----------------------------------------------------------------------------
+
+Deno.test("serve() stats() counts connections, and the bytes of open and ended ones as they crossed the socket", async () => {
+  const ended: [number, number][] = [];
+  const server = serve({
+    hostname: HOST,
+    port: 0,
+    onListen() {},
+    onDisconnect: (_, _error, task) => ended.push([task!.bytesRead, task!.bytesWritten]),
+  });
+  const first = await connect(server.addr.port);
+  assert.equal(await echo(first, "hello"), "GOT:hello");
+  first.close();
+  await until(() => server.connections === 0, "the first connection to end");
+  assert.deepEqual(ended, [[5, 9]]);
+
+  using second = await connect(server.addr.port);
+  assert.equal(await echo(second, "open"), "GOT:open");
+  await until(() => server.stats().bytesSent === 9 + 8, "the open connection's write to count");
+  const stats = server.stats();
+  assert.equal(stats.connectionsOpen, 1);
+  assert.equal(stats.connectionsTotal, 2);
+  assert.equal(stats.bytesReceived, 5 + 4);
+  assert.deepEqual(stats.connectionErrors, { reset: 0, timeout: 0, tls: 0, other: 0 });
+  assert.deepEqual(stats.scheduler, server.scheduler.stats());
+  assert.ok(stats.process.residentMemory > 0);
+  assert.equal(stats.process.startTime, performance.timeOrigin);
+  second.close();
+  await server.shutdown();
+  assert.equal(server.stats().bytesSent, 9 + 8);
+});
+
+Deno.test("serve() stats() counts failed connections by reason, and cancelled ones not at all", async () => {
+  const failWith: Handler = function* (conn) {
+    const buffer = new Uint8Array(64);
+    const n = yield* read(conn, buffer);
+    const word = decode(buffer.subarray(0, n ?? 0));
+    if (word === "tls") throw new Deno.errors.InvalidData("received corrupt message");
+    if (word === "other") throw new Error("the handler failed");
+    if (word.startsWith("flood")) yield* echoHandler(conn, { bufferSize: 64 * 1024 });
+    yield* read(conn, buffer); // "wait": until the idle limit or the shutdown
+  };
+  const server = serve({
+    hostname: HOST,
+    port: 0,
+    handler: failWith,
+    idleTimeout: 500,
+    grace: 0,
+    onListen() {},
+    onDisconnect() {},
+  });
+  const errors = () => server.stats().connectionErrors;
+  for (const word of ["tls", "other"]) {
+    using conn = await connect(server.addr.port);
+    await conn.write(encode(word));
+    assert.equal(await readToEnd(conn), "");
+  }
+  using idle = await connect(server.addr.port);
+  await idle.write(encode("wait"));
+  assert.equal(await readToEnd(idle), "");
+  await until(() => errors().timeout === 1, "the idle connection to be counted");
+
+  // A client that sends without reading until the server is stuck writing to it, then
+  // closes with replies unread: the pending write fails with a reset.
+  const resetter = await connect(server.addr.port);
+  await resetter.write(encode("flood"));
+  const chunk = new Uint8Array(64 * 1024).fill(120);
+  const sending = (async () => {
+    try {
+      for (let i = 0; i < 16_384; i++) await resetter.write(chunk);
+    } catch {
+      // Closed below.
+    }
+  })();
+  await until(() => server.scheduler.writeWaiting.size === 1, "the server's write to stall");
+  resetter.close();
+  await sending;
+  await until(() => errors().reset === 1, "the reset to be counted");
+
+  using cancelled = await connect(server.addr.port);
+  await cancelled.write(encode("wait"));
+  await until(() => server.connections === 1, "the last connection to open");
+  await server.shutdown();
+  assert.deepEqual(errors(), { reset: 1, timeout: 1, tls: 1, other: 1 });
+  assert.equal(server.stats().connectionsTotal, 5);
+});
+
+Deno.test("serve() stats() counts each pause at maxConnections, as onLimitReached hears of it", async () => {
+  const heard: number[] = [];
+  const server = serve({
+    hostname: HOST,
+    port: 0,
+    maxConnections: 2,
+    onListen() {},
+    onLimitReached: (open) => heard.push(open),
+  });
+  using first = await connect(server.addr.port);
+  assert.equal(await echo(first, "1"), "GOT:1");
+  assert.equal(server.stats().limitReached, 0);
+  const second = await connect(server.addr.port);
+  assert.equal(await echo(second, "2"), "GOT:2");
+  await until(() => server.stats().limitReached === 1, "the loop to pause");
+  using third = await connect(server.addr.port); // waits in the backlog
+  second.close();
+  assert.equal(await echo(third, "3"), "GOT:3");
+  await until(() => server.stats().limitReached === 2, "the loop to pause again");
+  assert.deepEqual(heard, [2, 2]);
+  assert.equal(server.stats().connectionsTotal, 3);
+  first.close();
+  third.close();
+  await server.shutdown();
+});
+
+Deno.test("serve() stats() measures the event loop's lag once asked, until the server stops", async () => {
+  const server = serve({ hostname: HOST, port: 0, onListen() {} });
+  assert.equal(server.stats().eventLoopLag.count, 0); // the first look starts the measuring
+  await delay(150);
+  // Blocking the event loop for 250 ms makes the timer due in it (one is due every 100 ms)
+  // at least 150 ms late.
+  const busyUntil = performance.now() + 250;
+  while (performance.now() < busyUntil) {
+    // Busy.
+  }
+  await delay(150);
+  const lag = server.stats().eventLoopLag;
+  assert.ok(lag.count >= 2, `${lag.count} measures`);
+  assert.ok(lag.maxLastMinute >= 140, `max ${lag.maxLastMinute} ms`);
+  assert.equal(lag.buckets.at(-1)!.le, Infinity);
+  assert.equal(lag.buckets.at(-1)!.count, lag.count);
+  assert.ok(lag.sum >= lag.maxLastMinute);
+  await server.shutdown(); // the sanitizers fail this test if its timer were left behind
+  await delay(250);
+  assert.equal(server.stats().eventLoopLag.count, lag.count);
 });

@@ -44,8 +44,9 @@ async function clients(port: number, count: number): Promise<Deno.TcpConn[]> {
 }
 
 function startWorkers(count: number, args: string[] = [], env?: Record<string, string>) {
-  const deno = env === undefined ? WORKER_FLAGS : [...WORKER_FLAGS, "--allow-env"];
-  return startServer(["--port", "0", "--workers", String(count), ...args], { deno, env });
+  const permissions = ["--allow-net", ...WORKER_FLAGS, ...env ? ["--allow-env"] : []];
+  const command = ["--port", "0", "--workers", String(count), ...args];
+  return startServer(command, undefined, permissions, env);
 }
 
 Deno.test("--workers 0, abc, 1.5 or -1 exits 2 with one line naming --workers", async () => {
@@ -75,7 +76,7 @@ Deno.test({
       [["--unstable-net"], /without --allow-read \(to load the workers' module, .*server\.ts\): /],
     ];
     for (const [deno, missing] of cases) {
-      const exit = await runServer(["--workers", "3", "--port", port], true, { deno });
+      const exit = await runServer(["--workers", "3", "--port", port], ["--allow-net", ...deno]);
       assert.equal(exit.code, 1, deno.join(" "));
       assert.deepEqual(exit.stdout, []);
       assert.equal(exit.stderr.length, 1, exit.stderr.join("\n"));
@@ -97,9 +98,10 @@ Deno.test({
     using plain = Deno.listen({ hostname: HOST, port: 0 });
     await using server = await startWorkers(2);
     for (const port of [plain.addr.port, server.port]) {
-      const exit = await runServer(["--workers", "2", "--port", String(port)], true, {
-        deno: WORKER_FLAGS,
-      });
+      const exit = await runServer(
+        ["--workers", "2", "--port", String(port)],
+        ["--allow-net", ...WORKER_FLAGS],
+      );
       assert.equal(exit.code, 1);
       assert.deepEqual(exit.stdout, []);
       assert.deepEqual(exit.stderr, [
@@ -211,7 +213,7 @@ Deno.test({
   name: "--workers above 1 is a usage error where SO_REUSEPORT does not exist",
   ignore: LINUX, // Linux has it: the other tests run there
   async fn() {
-    const exit = await runServer(["--workers", "2"], true, { deno: WORKER_FLAGS });
+    const exit = await runServer(["--workers", "2"], ["--allow-net", ...WORKER_FLAGS]);
     assert.equal(exit.code, 2);
     assert.match(exit.stderr.join("\n"), /^error: --workers above 1 needs Linux/);
   },
