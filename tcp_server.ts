@@ -179,7 +179,8 @@ export interface TcpServerOptions<A extends Deno.Addr = Deno.NetAddr> extends Ha
   onAcceptError?: (error: unknown) => void;
   /**
    * Whether every connection begins with a PROXY protocol header, v1 or v2, as a load
-   * balancer such as HAProxy writes it (`send-proxy`, `send-proxy-v2`); TCP only. The
+   * balancer such as HAProxy writes it (`send-proxy`, `send-proxy-v2`); plain TCP only
+   * ({@linkcode serve} refuses it with TLS, whose handshake would get the header). The
    * header is read in a task of its own, named `proxy <address>` (within 5 s, or
    * `idleTimeout` if shorter); the handler then runs as its child, named after the client,
    * and it, `onConnect` and `onDisconnect` see the client's own address as the conn's
@@ -719,7 +720,8 @@ export function serve(options: ServeUnixOptions): Server<Deno.UnixAddr>;
  * @throws {Deno.errors.AddrInUse} When the address is taken.
  * @throws {Deno.errors.NotCapable} Without net permission for the address.
  * @throws {Deno.errors.InvalidData} When `cert` or `key` holds no PEM certificate or key.
- * @throws {TypeError} When only one of `cert` and `key` is given.
+ * @throws {TypeError} When only one of `cert` and `key` is given, or `proxyProtocol` with
+ * them.
  * @throws {RangeError} When an option is out of range.
  *
  * @example Serving, talking to it, and shutting down

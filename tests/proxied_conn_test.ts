@@ -264,3 +264,28 @@ Deno.test("ProxiedConn is read by the kernel like any conn, the rest first", asy
   await scheduler.run();
   assert.equal(await task.result, "abcd");
 });
+
+Deno.test("serve() takes proxyProtocol on plain TCP only: not with cert and key, nor a Unix path", () => {
+  assert.throws(
+    () => serve({ port: 0, cert: "x", key: "y", proxyProtocol: true, onListen() {} }),
+    new TypeError('Cannot serve: "proxyProtocol" does not go with "cert" and "key"'),
+  );
+  assert.throws(
+    () => serve({ path: "/tmp/never.sock", proxyProtocol: true }),
+    new TypeError('Cannot serve: "path" does not go with "proxyProtocol"'),
+  );
+});
+
+Deno.test("stats() behind the PROXY protocol counts the handler's bytes, not the header, open or ended", async () => {
+  const server = serve({ hostname: HOST, port: 0, proxyProtocol: true, onListen() {} });
+  const conn = await connect(server.addr.port);
+  await conn.write(concat([V2_TCP4, encode("hello")]));
+  assert.equal(await readExactly(conn, 9), "GOT:hello");
+  const open = server.stats();
+  assert.equal(open.connectionsOpen, 1);
+  assert.deepEqual([open.bytesReceived, open.bytesSent], [5, 9]);
+  conn.close();
+  await server.shutdown();
+  const ended = server.stats();
+  assert.deepEqual([ended.connectionsTotal, ended.bytesReceived, ended.bytesSent], [1, 5, 9]);
+});

@@ -3,10 +3,12 @@
 // worker is killed through the test hook described in _workers.ts (GENIO_TEST_CRASH).
 import assert from "node:assert/strict";
 import { runServer, type ServerProcess, startServer } from "./_server_process.ts";
+import { makeCertificate, skipWithoutOpenssl } from "./_tls.ts";
 import { connect, decode, echo, encode, HOST, readToEnd, until, waitUntilRefused } from "./_net.ts";
 
 const WORKER_FLAGS = ["--allow-read", "--unstable-net"];
 const LINUX = Deno.build.os === "linux";
+const NO_OPENSSL = skipWithoutOpenssl("tests/workers_test.ts");
 
 // "Worker 2: served 14 connections, 1 drained, 0 cancelled (restarted 1 time)", parsed.
 interface WorkerSummary {
@@ -118,6 +120,22 @@ Deno.test("--help tells what --workers and --proxy-protocol do and what --worker
   assert.match(help, /--proxy-protocol {7}Every connection begins with a PROXY protocol header/);
 });
 
+Deno.test("--workers cannot go with --unix, nor --proxy-protocol with --unix or --cert: exit 2", async () => {
+  const cases: [string[], string][] = [
+    [["--workers", "2", "--unix", "genio.sock"], "--unix cannot be used with --workers"],
+    [["--proxy-protocol", "--unix", "genio.sock"], "--proxy-protocol cannot be used with --unix"],
+    [
+      ["--proxy-protocol", "--cert", "c.pem", "--key", "k.pem"],
+      "--proxy-protocol cannot be used with --cert",
+    ],
+  ];
+  for (const [args, line] of cases) {
+    const exit = await runServer(args);
+    assert.equal(exit.code, 2, args.join(" "));
+    assert.deepEqual(exit.stderr, [`error: ${line} (see --help)`]);
+  }
+});
+
 Deno.test("--workers 1 is the server as ever: no extra flag needed", async () => {
   await using server = await startServer(["--port", "0", "--workers", "1"]);
   using conn = await connect(server.port);
@@ -216,6 +234,73 @@ Deno.test({
     const exit = await runServer(["--workers", "2"], ["--allow-net", ...WORKER_FLAGS]);
     assert.equal(exit.code, 2);
     assert.match(exit.stderr.join("\n"), /^error: --workers above 1 needs Linux/);
+  },
+});
+
+Deno.test({
+  name: "--workers 2 with --monitor and --metrics: worker 1's, after the Listening line, saying so",
+  ignore: !LINUX,
+  async fn() {
+    await using server = await startWorkers(2, ["--monitor", "0", "--metrics", "0"]);
+    const monitorLine = await server.stdout.waitFor(/^Monitor on /, 10_000);
+    const metricsLine = await server.stdout.waitFor(/^Metrics on /, 10_000);
+    assert.match(monitorLine, /^Monitor on 127\.0\.0\.1:\d+ \(worker 1 of 2\)$/);
+    assert.match(metricsLine, /^Metrics on http:\/\/127\.0\.0\.1:\d+\/metrics \(worker 1 of 2\)$/);
+    assert.equal(server.stdout.lines[0], `Listening on ${HOST}:${server.port}`);
+    using monitor = await connect(Number(monitorLine.match(/:(\d+) /)![1]));
+    await monitor.write(encode("ps\nquit\n"));
+    assert.match(await readToEnd(monitor), /tcp-server +accepting/);
+
+    // Connections on both workers; the page counts worker 1's alone.
+    for (const conn of await clients(server.port, 30)) conn.close();
+    await until(() => server.stdout.count(/^Connection closed /) === 30, "30 to be closed");
+    const page = await (await fetch(metricsLine.split(" ")[2])).text();
+    const total = Number(page.match(/^genio_connections_total (\d+)$/m)?.[1]);
+    server.kill("SIGTERM");
+    const workers = summaries((await assertStopped(server)).stdout);
+    assert.equal(total, workers[0].served);
+    assert.ok(total < 30, `worker 1 served ${total} of 30`);
+  },
+});
+
+Deno.test({
+  name:
+    "--workers exits 1 with the console's line when --monitor cannot listen, the workers stopped",
+  ignore: !LINUX,
+  async fn() {
+    using taken = Deno.listen({ hostname: HOST, port: 0 });
+    const monitor = String(taken.addr.port);
+    const exit = await runServer(
+      ["--port", "0", "--workers", "2", "--monitor", monitor],
+      ["--allow-net", ...WORKER_FLAGS],
+    );
+    assert.equal(exit.code, 1);
+    assert.deepEqual(exit.stderr, [
+      `error: Cannot listen on ${HOST}:${monitor} for --monitor: address already in use`,
+    ]);
+  },
+});
+
+Deno.test({
+  name: "--workers 2 with --cert and --key: every worker speaks TLS",
+  ignore: !LINUX || NO_OPENSSL,
+  async fn() {
+    using certificate = makeCertificate();
+    const { certFile, keyFile, cert } = certificate;
+    await using server = await startWorkers(2, ["--cert", certFile, "--key", keyFile]);
+    const conns = await Promise.all(
+      Array.from(
+        { length: 20 },
+        () => Deno.connectTls({ hostname: HOST, port: server.port, caCerts: [cert] }),
+      ),
+    );
+    await Promise.all(conns.map(async (conn, i) => {
+      assert.equal(await echo(conn, `tls${i}`), `GOT:tls${i}`);
+      conn.close();
+    }));
+    server.kill("SIGTERM");
+    const workers = summaries((await assertStopped(server)).stdout);
+    for (const worker of workers) assert.ok(worker.served > 0, `worker ${worker.index} served`);
   },
 });
 
