@@ -98,12 +98,13 @@ const STARTUP_TIMEOUT_MS = 30_000;
 const NOISE_LIMIT = 20;
 const SCALE_NOTE = "Scale-out, genio against itself. pp1000w2: both servers may use both " +
   "CPUs, and the load client shares CPU 1 without spinning, so the second worker gets what " +
-  "the client leaves of it: with the client at about 8 µs and genio at about 11 µs of CPU " +
-  "per round trip, 2 cores allow about 1.35× at best (bench/README.md), where a machine " +
-  "with cores to spare would approach 2×. pp1000ha: one genio with --proxy-protocol behind " +
-  "HAProxy (deploy/haproxy.cfg, one server line), HAProxy pinned to the server's CPU 0, " +
-  "against genio alone there: what the balancer's work costs when it shares the server's " +
-  "core; on a machine of its own it costs the server only the header, and each message a hop.";
+  "the client leaves of it: with the client at about 5.5 µs and genio at about 9 µs of " +
+  "CPU per round trip, 2 cores allow about 1.25× at best (bench/README.md), where a " +
+  "machine with cores to spare for the client would approach 2×. pp1000ha: one genio " +
+  "with --proxy-protocol behind HAProxy (deploy/haproxy.cfg, one server line), HAProxy " +
+  "pinned to the server's CPU 0, against genio alone there: what the balancer's work " +
+  "costs when it shares the server's core; on a machine of its own it costs the server " +
+  "only the header, and each message a hop.";
 
 const { values: flags } = parseFlags("bench", {
   args: Deno.args,
