@@ -36,7 +36,7 @@
  */
 import { parseArgs } from "node:util";
 import { describe, formatAddress } from "./_format.ts";
-import { inWorker, parseWorkers, serveInWorker, startWorkers } from "./_workers.ts";
+import { inWorker, parseWorkers, serveInWorker, startWorkers, type Workers } from "./_workers.ts";
 import {
   DEFAULT_BUFFER_SIZE,
   DEFAULT_GRACE_MS,
@@ -366,7 +366,8 @@ async function main(args: readonly string[]): Promise<number> {
   const listeners = signals.map((signal) => {
     const listener = () => {
       if (stopping !== undefined) Deno.exit(signal === "SIGINT" ? 130 : 143);
-      stopping = server?.shutdown() ?? null; // null: once the workers have started
+      // null: it came while the workers were starting; they are shut down once they have.
+      stopping = server?.shutdown() ?? null;
       stopping?.catch(() => {}); // a failure reaches `finished`, reported below
     };
     Deno.addSignalListener(signal, listener);
@@ -378,6 +379,7 @@ async function main(args: readonly string[]): Promise<number> {
       : startServer(options, tls);
     if (server === undefined) return 1;
     if (stopping === null) stopping = server.shutdown();
+    stopping?.catch(() => {});
     // The workers' consoles are worker 1's, started by startWorkers.
     const consoles = "workers" in server ? Promise.resolve() : startConsoles(server, options);
     if (consoles === undefined) {
@@ -398,8 +400,6 @@ async function main(args: readonly string[]): Promise<number> {
     for (const removeListener of listeners) removeListener();
   }
 }
-
-type Workers = NonNullable<Awaited<ReturnType<typeof startWorkers>>>;
 
 // `extra`, from a worker: its port, reusePort, and hooks that report to the main thread.
 function startServer(
