@@ -19,6 +19,8 @@ export type Undo = (task: TaskImpl) => void;
 export interface Kernel {
   /** Parks `task` as `state`, waiting on `on`; `undo` takes it out again. Returns BLOCKED. */
   park(task: TaskImpl, state: TaskState, on: unknown, undo: Undo): boolean;
+  /** Puts `task` at the back of the ready queue, as a bare `yield` does. Returns BLOCKED. */
+  ready(task: TaskImpl): boolean;
   /** The task's wait completed with `value`. */
   resume(task: TaskImpl, value: unknown): void;
   /** The task's wait failed with `error`, thrown at its yield. */

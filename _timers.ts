@@ -24,8 +24,9 @@
 //   scheduler throws its error at every blocking intent inside the block (level-triggered,
 //   as Curio's and Trio's), so catching it once does not make the limit go away.
 import type { Clock, Task } from "./scheduler.ts";
-import type { Deadline } from "./intents.ts";
-import type { TaskImpl } from "./_task.ts";
+import type { ClearDeadlineIntent, Deadline, DeadlineIntent, SleepIntent } from "./intents.ts";
+import { Cancelled, TimeoutError } from "./errors.ts";
+import { CONTINUE, type Kernel, type TaskImpl } from "./_task.ts";
 import { TimerHeap } from "./_timer_heap.ts";
 
 const IDLE_CHECKS = 16;
@@ -55,8 +56,10 @@ export class Timers {
   #alarm: unknown = null;
   #alarmAt = Infinity;
   #added = false; // only an entry added or hastened can be due before the alarm
+  #turnTime = NaN;
 
   constructor(
+    readonly kernel: Kernel,
     readonly clock: Clock,
     // Called for each sleep that ended and each limit that ran out, then `afterRing` once.
     readonly expire: (timer: Timer) => void,
@@ -66,6 +69,50 @@ export class Timers {
   get size(): number {
     return this.#heap.size;
   }
+
+  // The intent that starts a limit: its handle is what the task gets back.
+  setLimitIntent = (task: TaskImpl, { ms, idle }: DeadlineIntent): boolean => {
+    if (!(ms >= 0)) throw new RangeError(`Cannot set a timeout of ${ms} ms`);
+    task.value = this.setLimit(task, ms, idle === true ? "idle" : "deadline");
+    return CONTINUE;
+  };
+
+  // Leaving a block: a limit that ran out and was delivered inside it turns a normal
+  // return into its error, so that code which caught the error cannot end the block as if
+  // it had been in time. A limit that ran out while nothing was waiting is not an error.
+  clearLimitIntent = (task: TaskImpl, { deadline, returned }: ClearDeadlineIntent): boolean => {
+    const limit = deadline as Timer;
+    if (limit?.owner !== task) {
+      throw new TypeError("Cannot clear a deadline: it is not one of this task's");
+    }
+    const delivered = limit.active && limit.delivered;
+    this.clearLimit(task, limit);
+    if (returned === true && delivered) task.error = limitError(task, limit);
+    return CONTINUE;
+  };
+
+  // A task's age needs no more precision than the turn it was spawned in, so the tasks
+  // spawned in one turn share one clock reading (forgotten once the turn's microtasks have
+  // run). Sleeps and limits never use it: they read the clock each time.
+  turnTime(): number {
+    if (Number.isNaN(this.#turnTime)) {
+      this.#turnTime = this.clock.now();
+      queueMicrotask(this.#forgetTurnTime);
+    }
+    return this.#turnTime;
+  }
+
+  #forgetTurnTime = (): void => {
+    this.#turnTime = NaN;
+  };
+
+  sleepIntent = (task: TaskImpl, { ms }: SleepIntent): boolean => {
+    if (typeof ms !== "number" || Number.isNaN(ms)) {
+      throw new RangeError(`Cannot sleep: ms must be a number, got "${ms}"`);
+    }
+    if (ms <= 0) return this.kernel.ready(task);
+    return this.kernel.park(task, "sleeping", this.sleep(task, ms), this.stopSleeping);
+  };
 
   sleep(task: TaskImpl, ms: number): number {
     const at = this.clock.now() + ms;
@@ -245,6 +292,15 @@ export class Timers {
       checking: false,
     };
   }
+}
+
+// A cancelled task's limits may still bound its cleanup, but what reaches its code is
+// `Cancelled`: a TimeoutError there could be caught and let it return as if not cancelled.
+export function limitError(task: TaskImpl, limit: Timer): Error {
+  if (!task.cancelRequested) return new TimeoutError(limit.ms, limit);
+  return new Cancelled(
+    `Task "${task.name}" was cancelled, and its ${limit.ms} ms time limit ran out in cleanup`,
+  );
 }
 
 /** The outermost limit of the task that has run out: the one whose block ends first. */

@@ -39,21 +39,18 @@ import { ConnectWaits } from "./_connect_waits.ts";
 import { ConnWaits } from "./_conn_waits.ts";
 import { Deque } from "./_deque.ts";
 import { BLOCKED, CONTINUE, type Kernel, NOTHING, TaskImpl, type Undo } from "./_task.ts";
-import { outermostExpired, type Timer, Timers } from "./_timers.ts";
+import { limitError, outermostExpired, type Timer, Timers } from "./_timers.ts";
 import { ParkWaits } from "./_wait_list.ts";
-import { Cancelled, TimeoutError } from "./errors.ts";
+import { PromiseWaits } from "./_promise_waits.ts";
+import { Cancelled } from "./errors.ts";
 import type {
   CancelIntent,
-  ClearDeadlineIntent,
-  DeadlineIntent,
   Intent,
   JoinIntent,
   Operation,
   ReadIntent,
-  SleepIntent,
   SpawnIntent,
   SpawnOptions,
-  WaitIntent,
   WriteIntent,
 } from "./intents.ts";
 
@@ -323,7 +320,6 @@ export class Scheduler {
   #sliceTimer: ReturnType<typeof setTimeout> | null = null;
   #unreported: TaskImpl[] = [];
   #running: PromiseWithResolvers<void> | null = null;
-  #spawnClock = NaN;
 
   /**
    * Creates an idle scheduler.
@@ -336,20 +332,21 @@ export class Scheduler {
     this.#accepts = new AcceptWaits(KERNEL);
     this.#connects = new ConnectWaits(KERNEL);
     const parks = new ParkWaits(KERNEL);
-    this.#timers = new Timers(options?.clock ?? REAL_CLOCK, this.#expire, this.#wake);
+    const promises = new PromiseWaits(KERNEL);
+    this.#timers = new Timers(KERNEL, options?.clock ?? REAL_CLOCK, this.#expire, this.#wake);
     this.#intents = new Map<Intent["type"], IntentKind>([
       ["read", blocking((task, intent: ReadIntent) => this.#conns.read(task, intent))],
       ["write", blocking((task, intent: WriteIntent) => this.#conns.write(task, intent))],
       ["accept", blocking(this.#accepts.accept)],
-      ["sleep", blocking(this.#sleep)],
+      ["sleep", blocking(this.#timers.sleepIntent)],
       ["join", blocking(this.#join)],
       ["cancel", blocking(this.#cancel)],
-      ["wait", blocking(this.#wait)],
+      ["wait", blocking(promises.wait)],
       ["connect", blocking(this.#connects.connect)],
       ["park", blocking(parks.park)],
       ["spawn", immediate(this.#spawnChild)],
-      ["deadline", immediate(this.#setLimit)],
-      ["clear-deadline", immediate(this.#clearLimit)],
+      ["deadline", immediate(this.#timers.setLimitIntent)],
+      ["clear-deadline", immediate(this.#timers.clearLimitIntent)],
     ]);
   }
 
@@ -358,6 +355,7 @@ export class Scheduler {
   static {
     KERNEL = {
       park: (task, state, on, undo) => task.owner.#park(task, state, on, undo),
+      ready: (task) => task.owner.#enqueue(task),
       resume: (task, value) => task.owner.#resume(task, value),
       fail: (task, error) => task.owner.#fail(task, error),
       wake: (task, value, failed) => task.owner.#wakeLater(task, value, failed),
@@ -369,18 +367,12 @@ export class Scheduler {
     return this.#ready.toArray();
   }
 
-  /**
-   * Tasks waiting for a read, by conn: the classic Python generator server's `recv_wait`
-   * (a snapshot).
-   */
+  /** Tasks waiting for a read, by conn: the Python generator server's `recv_wait` (a snapshot). */
   get readWaiting(): ReadonlyMap<Deno.Conn, Task<unknown>> {
     return this.#waitingIn("reading");
   }
 
-  /**
-   * Tasks waiting for a write to finish, by conn: the classic Python generator server's
-   * `send_wait` (a snapshot).
-   */
+  /** Tasks waiting for a write, by conn: the Python generator server's `send_wait` (a snapshot). */
   get writeWaiting(): ReadonlyMap<Deno.Conn, Task<unknown>> {
     return this.#waitingIn("writing");
   }
@@ -416,22 +408,11 @@ export class Scheduler {
    * @returns One {@linkcode TaskInfo} per live task.
    */
   tasks(): TaskInfo[] {
-    return [...this.#tasks].map((task) => ({
-      id: task.id,
-      name: task.name,
-      state: task.state,
-      waitingOn: task.waitingOn,
-      parent: task.parent?.id ?? null,
-      spawnedAt: task.spawnedAt,
-      deadline: nearestDeadline(task),
-      bytesRead: task.bytesRead,
-      bytesWritten: task.bytesWritten,
-    }));
+    return [...this.#tasks].map(snapshot);
   }
 
   /**
-   * The live task with this id, for a console that names tasks by the ids `tasks()` shows
-   * (to `cancel` one, say). It looks through the live tasks.
+   * The live task with this id (as `tasks()` shows it), to cancel it from a console, say.
    *
    * @param id A task's id.
    * @returns The task, or `undefined` when no live task has that id.
@@ -439,13 +420,10 @@ export class Scheduler {
    * @example Finding a task by the id a snapshot shows
    * ```ts
    * import { Scheduler, sleep } from "@genio/genio";
-   * import assert from "node:assert/strict";
    *
    * const scheduler = new Scheduler();
-   * const task = scheduler.spawn(sleep(1), { name: "napper" });
-   * const [info] = scheduler.tasks();
-   * assert.equal(scheduler.task(info.id), task);
-   * assert.equal(scheduler.task(99), undefined);
+   * const task = scheduler.spawn(sleep(1));
+   * console.assert(scheduler.task(scheduler.tasks()[0].id) === task);
    * await scheduler.run();
    * ```
    */
@@ -455,8 +433,7 @@ export class Scheduler {
   }
 
   /**
-   * Counts of what the scheduler holds now, for a monitor or a metrics page. It walks the
-   * live tasks once.
+   * Counts of what the scheduler holds now, for a monitor or a metrics page.
    *
    * @returns The figures.
    *
@@ -547,20 +524,14 @@ export class Scheduler {
    *   yield; // to the back of the ready queue
    *   yield* sleep(1);
    * }(), { name: "napper" });
-   *
-   * assert.deepEqual(scheduler.ready, [task]);
    * assert.equal(scheduler.step(), task); // ran up to the bare yield
    * assert.deepEqual(scheduler.ready, [task]);
    * scheduler.step(); // ran up to the sleep
-   * assert.equal(scheduler.ready.length, 0);
-   * assert.equal(task.state, "sleeping");
    * assert.ok(scheduler.sleeping.has(task));
-   *
    * await new Promise((resolve) => setTimeout(resolve, 5)); // the sleep ends
    * assert.deepEqual(scheduler.ready, [task]);
    * scheduler.step(); // returns
    * assert.equal(task.state, "done");
-   * assert.equal(scheduler.step(), null);
    * ```
    */
   step(): Task<unknown> | null {
@@ -603,11 +574,6 @@ export class Scheduler {
     }
     this.#looping = false;
     this.#endTurn();
-  };
-
-  #queuedLoop = (): void => {
-    this.#loopQueued = false;
-    this.#wake();
   };
 
   // A turn ends: failures nobody observed during it are reported, then either the run is
@@ -706,25 +672,30 @@ export class Scheduler {
   }
 
   #fail(task: TaskImpl, error: unknown): void {
-    task.error = error;
-    if (task.idleLimits > 0) this.#timers.noteWait(task);
-    this.#enqueue(task);
+    this.#requeue(task, error, true);
     this.#wake();
   }
 
   // A wait completed by code that may be outside any task: the task runs on the next turn.
   #wakeLater(task: TaskImpl, value: unknown, failed = false): void {
+    this.#requeue(task, value, failed);
+    this.#queueLoop();
+  }
+
+  #requeue(task: TaskImpl, value: unknown, failed: boolean): void {
     if (failed) task.error = value;
     else task.value = value;
     if (task.idleLimits > 0) this.#timers.noteWait(task);
     this.#enqueue(task);
-    this.#queueLoop();
   }
 
   #queueLoop(): void {
     if (this.#running === null || this.#looping || this.#loopQueued) return;
     this.#loopQueued = true;
-    queueMicrotask(this.#queuedLoop);
+    queueMicrotask(() => {
+      this.#loopQueued = false;
+      this.#wake();
+    });
   }
 
   // --- cancellation and time limits ---------------------------------------------------
@@ -765,53 +736,6 @@ export class Scheduler {
     this.#interruptParked(task);
   }
 
-  #setLimit = (task: TaskImpl, { ms, idle }: DeadlineIntent): boolean => {
-    if (!(ms >= 0)) throw new RangeError(`Cannot set a timeout of ${ms} ms`);
-    task.value = this.#timers.setLimit(task, ms, idle === true ? "idle" : "deadline");
-    return CONTINUE;
-  };
-
-  // Leaving a block: a limit that ran out and was delivered inside it turns a normal
-  // return into its error, so that code which caught the error cannot end the block as if
-  // it had been in time. A limit that ran out while nothing was waiting is not an error.
-  #clearLimit = (task: TaskImpl, { deadline, returned }: ClearDeadlineIntent): boolean => {
-    const limit = deadline as Timer;
-    if (limit?.owner !== task) {
-      throw new TypeError("Cannot clear a deadline: it is not one of this task's");
-    }
-    const delivered = limit.active && limit.delivered;
-    this.#timers.clearLimit(task, limit);
-    if (returned === true && delivered) task.error = limitError(task, limit);
-    return CONTINUE;
-  };
-
-  #sleep = (task: TaskImpl, { ms }: SleepIntent): boolean => {
-    if (typeof ms !== "number" || Number.isNaN(ms)) {
-      throw new RangeError(`Cannot sleep: ms must be a number, got "${ms}"`);
-    }
-    if (ms <= 0) return this.#enqueue(task);
-    return this.#park(task, "sleeping", this.#timers.sleep(task, ms), this.#timers.stopSleeping);
-  };
-
-  // --- wait: any promise -------------------------------------------------------------
-
-  #wait = (task: TaskImpl, { promise }: WaitIntent): boolean => {
-    const seq = ++task.waitSeq;
-    Promise.resolve(promise).then(
-      (value) => {
-        if (task.waitSeq === seq) this.#resume(task, value);
-      },
-      (error) => {
-        if (task.waitSeq === seq) this.#fail(task, error);
-      },
-    );
-    return this.#park(task, "waiting", promise, this.#undoWait);
-  };
-
-  #undoWait = (task: TaskImpl): void => {
-    task.waitSeq++;
-  };
-
   // --- spawn, finish, join, cancel ----------------------------------------------------
 
   #spawn<T>(
@@ -827,7 +751,7 @@ export class Scheduler {
       throw new RangeError(`Cannot spawn: idleTimeout must be >= 0, got "${idleTimeout}"`);
     }
     const task = new TaskImpl<T>(this, this.#nextId++, operation, parent, name);
-    task.spawnedAt = this.#spawnTime();
+    task.spawnedAt = this.#timers.turnTime();
     if (onSettled !== undefined) {
       task.onSettled = onSettled;
       task.observed = true;
@@ -840,21 +764,6 @@ export class Scheduler {
     this.#ready.push(task);
     return task;
   }
-
-  // A task's age needs no more precision than the turn it was spawned in, so the tasks
-  // spawned in one turn share one clock reading (forgotten when the turn's microtasks have
-  // run). Sleeps and limits never use it: they read the clock each time.
-  #spawnTime(): number {
-    if (Number.isNaN(this.#spawnClock)) {
-      this.#spawnClock = this.#timers.clock.now();
-      queueMicrotask(this.#forgetSpawnTime);
-    }
-    return this.#spawnClock;
-  }
-
-  #forgetSpawnTime = (): void => {
-    this.#spawnClock = NaN;
-  };
 
   #spawnChild = (task: TaskImpl, intent: SpawnIntent): boolean => {
     task.value = this.#spawn(intent.operation, intent, task);
@@ -900,7 +809,13 @@ export class Scheduler {
     task.waitingOn = null;
     this.#tasks.delete(task);
     const failed = task.state !== "done";
-    if (task.onSettled !== null) this.#callOnSettled(task, failed ? task.outcome : undefined);
+    const onSettled = task.onSettled;
+    task.onSettled = null;
+    try {
+      onSettled?.(task, failed ? task.outcome : undefined);
+    } catch (thrown) {
+      this.#reportError(thrown, task);
+    }
     if (task.joiners !== null && task.joiners.length > 0) {
       if (failed) task.observed = true;
       for (const joiner of task.joiners) {
@@ -918,16 +833,6 @@ export class Scheduler {
     if (parent !== null) {
       parent.children!.delete(task);
       if (parent.finished && parent.children!.size === 0) this.#settle(parent);
-    }
-  }
-
-  #callOnSettled(task: TaskImpl, error: unknown): void {
-    const onSettled = task.onSettled!;
-    task.onSettled = null;
-    try {
-      onSettled(task, error);
-    } catch (thrown) {
-      this.#reportError(thrown, task);
     }
   }
 
@@ -994,6 +899,20 @@ export class Scheduler {
   }
 }
 
+function snapshot(task: TaskImpl): TaskInfo {
+  return {
+    id: task.id,
+    name: task.name,
+    state: task.state,
+    waitingOn: task.waitingOn,
+    parent: task.parent?.id ?? null,
+    spawnedAt: task.spawnedAt,
+    deadline: nearestDeadline(task),
+    bytesRead: task.bytesRead,
+    bytesWritten: task.bytesWritten,
+  };
+}
+
 function nearestDeadline(task: TaskImpl): number | null {
   let nearest = task.sleepTimer?.at ?? Infinity;
   for (let limit = task.limits; limit !== null; limit = limit.outer) {
@@ -1006,15 +925,6 @@ function throwInto(task: TaskImpl, error: unknown): boolean {
   task.value = undefined;
   task.error = error;
   return CONTINUE;
-}
-
-// A cancelled task's limits may still bound its cleanup, but what reaches its code is
-// `Cancelled`: a TimeoutError there could be caught and let it return as if not cancelled.
-function limitError(task: TaskImpl, limit: Timer): Error {
-  if (!task.cancelRequested) return new TimeoutError(limit.ms, limit);
-  return new Cancelled(
-    `Task "${task.name}" was cancelled, and its ${limit.ms} ms time limit ran out in cleanup`,
-  );
 }
 
 // What every `function*` generator object inherits from: the common case, checked first.
