@@ -34,7 +34,7 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { integerFlag, parseFlags, UsageError } from "./_flags.ts";
 import { describe, formatAddress } from "./_format.ts";
 import { inWorker, parseWorkers, serveInWorker, startWorkers, type Workers } from "./_workers.ts";
 import {
@@ -103,8 +103,6 @@ Exit status: 0 after a shutdown by SIGINT/SIGTERM, 1 when the server cannot list
 2 for a bad command line, 130 (SIGINT) or 143 (SIGTERM) when a second signal cuts the
 shutdown short.`;
 
-class UsageError extends Error {}
-
 interface CommandLine {
   help: boolean;
   version: boolean;
@@ -125,63 +123,26 @@ interface CommandLine {
   proxyProtocol: boolean;
 }
 
-const VALUE_FLAGS: readonly string[] = [
-  "--port",
-  "-p",
-  "--hostname",
-  "--max-connections",
-  "--idle-timeout",
-  "--grace",
-  "--buffer-size",
-  "--cert",
-  "--key",
-  "--unix",
-  "--monitor",
-  "--metrics",
-  "--metrics-hostname",
-  "--workers",
-];
-
 function parseCommandLine(args: readonly string[]): CommandLine {
-  // parseArgs refuses "--grace -1" as ambiguous; read it as "--grace=-1" and say what is wrong.
-  const joined: string[] = [];
-  for (let i = 0; i < args.length; i++) {
-    if (VALUE_FLAGS.includes(args[i]) && /^-[\d.]/.test(args[i + 1] ?? "")) {
-      joined.push(`${args[i]}=${args[++i]}`);
-    } else {
-      joined.push(args[i]);
-    }
-  }
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: joined,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        port: { type: "string", short: "p" },
-        hostname: { type: "string" },
-        "max-connections": { type: "string" },
-        "idle-timeout": { type: "string" },
-        grace: { type: "string" },
-        "buffer-size": { type: "string" },
-        cert: { type: "string" },
-        key: { type: "string" },
-        unix: { type: "string" },
-        monitor: { type: "string" },
-        metrics: { type: "string" },
-        "metrics-hostname": { type: "string" },
-        workers: { type: "string" },
-        "proxy-protocol": { type: "boolean" },
-        quiet: { type: "boolean", short: "q" },
-        help: { type: "boolean", short: "h" },
-        version: { type: "boolean", short: "V" },
-      },
-    }));
-  } catch (error) {
-    const message = (error as Error).message.split(/\.?\n|\. /, 1)[0];
-    throw new UsageError(message.charAt(0).toLowerCase() + message.slice(1));
-  }
+  const values = parseFlags(args, {
+    port: { type: "string", short: "p" },
+    hostname: { type: "string" },
+    "max-connections": { type: "string" },
+    "idle-timeout": { type: "string" },
+    grace: { type: "string" },
+    "buffer-size": { type: "string" },
+    cert: { type: "string" },
+    key: { type: "string" },
+    unix: { type: "string" },
+    monitor: { type: "string" },
+    metrics: { type: "string" },
+    "metrics-hostname": { type: "string" },
+    workers: { type: "string" },
+    "proxy-protocol": { type: "boolean" },
+    quiet: { type: "boolean", short: "q" },
+    help: { type: "boolean", short: "h" },
+    version: { type: "boolean", short: "V" },
+  });
   const hostname = values.hostname ?? DEFAULT_HOSTNAME;
   if (hostname === "") throw new UsageError(`--hostname must not be empty`);
   const { cert = null, key = null, unix = null } = values;
@@ -247,22 +208,6 @@ function parseCommandLine(args: readonly string[]): CommandLine {
 
 function optionalPort(flag: string, text: string | undefined): number | undefined {
   return text === undefined ? undefined : integerFlag(flag, text, 0, 0, 65535);
-}
-
-function integerFlag(
-  flag: string,
-  text: string | undefined,
-  fallback: number,
-  min: number,
-  max: number,
-): number {
-  if (text === undefined) return fallback;
-  const value = Number(text);
-  if (!/^\d+$/.test(text) || value < min || value > max) {
-    const range = max === Number.MAX_SAFE_INTEGER ? `>= ${min}` : `from ${min} to ${max}`;
-    throw new UsageError(`${flag} must be an integer ${range}, got "${text}"`);
-  }
-  return value;
 }
 
 // Seconds on the command line, milliseconds in the library. The cap keeps timers in range.

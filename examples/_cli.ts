@@ -1,36 +1,9 @@
 // What the example programs' command lines share: flags parsed strictly, a bad one reported on
 // one line with exit status 2, addresses written and read as HOST:PORT, and a listener that
 // cannot be opened reported on one line with exit status 1.
-import { parseArgs, type ParseArgsConfig } from "node:util";
+import { integerFlag, UsageError } from "../_flags.ts";
 
-export class UsageError extends Error {}
-
-type Options = NonNullable<ParseArgsConfig["options"]>;
-
-// parseArgs with no positionals, its errors turned into one-line usage errors.
-export function parseFlags<O extends Options>(args: readonly string[], options: O) {
-  try {
-    return parseArgs({ args: [...args], options, strict: true, allowPositionals: false }).values;
-  } catch (error) {
-    const message = (error as Error).message.split(/\.?\n|\. /, 1)[0];
-    throw new UsageError(message.charAt(0).toLowerCase() + message.slice(1));
-  }
-}
-
-export function integerFlag(
-  flag: string,
-  text: string | undefined,
-  fallback: number,
-  min: number,
-  max: number,
-): number {
-  if (text === undefined) return fallback;
-  const value = Number(text);
-  if (!/^\d+$/.test(text) || value < min || value > max) {
-    throw new UsageError(`${flag} must be an integer from ${min} to ${max}, got "${text}"`);
-  }
-  return value;
-}
+export { integerFlag, parseFlags, UsageError } from "../_flags.ts";
 
 export function secondsFlag(flag: string, text: string | undefined, fallback: number): number {
   if (text === undefined) return fallback;
