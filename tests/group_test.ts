@@ -9,29 +9,12 @@ import {
   Event,
   type Operation,
   race,
-  type Scheduler,
   sleep,
   spawn,
   timeout,
   TimeoutError,
 } from "../mod.ts";
-import { createTestScheduler } from "../testing.ts";
-
-function testScheduler(): { scheduler: Scheduler; now: () => number; reported: unknown[] } {
-  const reported: unknown[] = [];
-  const { scheduler, clock } = createTestScheduler({
-    autojump: true,
-    onError: (error) => reported.push(error),
-  });
-  return { scheduler, now: () => clock.now(), reported };
-}
-
-async function runTask<T>(scheduler: Scheduler, body: Operation<T>): Promise<T> {
-  const task = scheduler.spawn(body, { name: "main" });
-  const result = task.result;
-  await scheduler.run();
-  return await result;
-}
+import { runTask, testScheduler } from "./_schedulers.ts";
 
 function* outcome(operation: Operation<unknown>): Operation<unknown> {
   try {

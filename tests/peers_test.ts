@@ -30,6 +30,7 @@ import {
   write,
 } from "../mod.ts";
 import { createTestScheduler, memoryConnPair, VirtualClock } from "../testing.ts";
+import { busyWait } from "./_schedulers.ts";
 
 // A scheduler on virtual time that jumps whenever every task waits, with failures collected
 // instead of printed.
@@ -67,13 +68,6 @@ function* ignoreAfter<T>(ms: number, operation: Operation<T>): Operation<T | nul
     throw error;
   } finally {
     yield { type: "clear-deadline", deadline };
-  }
-}
-
-function busyWait(ms: number): void {
-  const end = performance.now() + ms;
-  while (performance.now() < end) {
-    // Computing without yielding, on purpose.
   }
 }
 

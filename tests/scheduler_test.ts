@@ -19,13 +19,8 @@ import {
   write,
 } from "../mod.ts";
 import { createTestScheduler, memoryConnPair } from "../testing.ts";
+import { quietScheduler } from "./_schedulers.ts";
 import { decode, encode, loopback, readExactly as readText, until } from "./_net.ts";
-
-function quietScheduler(): { scheduler: Scheduler; reported: unknown[] } {
-  const reported: unknown[] = [];
-  const scheduler = new Scheduler({ onError: (error) => reported.push(error) });
-  return { scheduler, reported };
-}
 
 // --- the seed ------------------------------------------------------------------------------
 

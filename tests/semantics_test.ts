@@ -4,7 +4,6 @@ import assert from "node:assert/strict";
 import {
   accept,
   cancel,
-  type Clock,
   idleTimeout,
   join,
   type Operation,
@@ -17,31 +16,7 @@ import {
   wait,
 } from "../mod.ts";
 import { createTestScheduler, memoryConnPair, VirtualClock } from "../testing.ts";
-
-function busyWait(ms: number): void {
-  const end = performance.now() + ms;
-  while (performance.now() < end) {
-    // Spinning on purpose: a task that computes for a while without yielding.
-  }
-}
-
-function quietScheduler(clock?: Clock): { scheduler: Scheduler; reported: unknown[] } {
-  const reported: unknown[] = [];
-  const scheduler = new Scheduler({ clock, onError: (error) => reported.push(error) });
-  return { scheduler, reported };
-}
-
-// A virtual clock whose timers fire `lateMs` after they are due, as `setTimeout` does on a
-// busy event loop; time jumps whenever every task waits.
-function lateClock(lateMs: number): { clock: Clock; virtual: VirtualClock } {
-  const virtual = new VirtualClock();
-  const clock: Clock = {
-    now: () => virtual.now(),
-    setTimer: (callback, delay) => virtual.setTimer(callback, delay + lateMs),
-    clearTimer: (handle) => virtual.clearTimer(handle),
-  };
-  return { clock, virtual };
-}
+import { busyWait, lateClock, quietScheduler } from "./_schedulers.ts";
 
 // --- time: nothing ends before its full duration -------------------------------------------
 

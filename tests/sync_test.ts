@@ -18,24 +18,8 @@ import {
   TimeoutError,
   withPermit,
 } from "../mod.ts";
-import { createTestScheduler, VirtualClock } from "../testing.ts";
-
-function testScheduler(): { scheduler: Scheduler; now: () => number; reported: unknown[] } {
-  const reported: unknown[] = [];
-  const { scheduler, clock } = createTestScheduler({
-    autojump: true,
-    onError: (error) => reported.push(error),
-  });
-  return { scheduler, now: () => clock.now(), reported };
-}
-
-// Runs `body` as a task, with the scheduler's other tasks, to the end; returns its result.
-async function runTask<T>(scheduler: Scheduler, body: Operation<T>): Promise<T> {
-  const task = scheduler.spawn(body, { name: "main" });
-  const result = task.result;
-  await scheduler.run();
-  return await result;
-}
+import { VirtualClock } from "../testing.ts";
+import { runTask, testScheduler } from "./_schedulers.ts";
 
 // The error an operation threw, or "returned".
 function* outcome(operation: Operation<unknown>): Operation<unknown> {
