@@ -10,15 +10,19 @@
  *   `tasks()`, `ready`, `readWaiting`, `writeWaiting`, `acceptWaiting` and `sleeping` show
  *   what each task is doing.
  * - The operations a task uses with `yield*`: {@linkcode read}, {@linkcode write},
- *   {@linkcode accept}, {@linkcode sleep}, {@linkcode spawn}, {@linkcode join},
- *   {@linkcode cancel}, {@linkcode wait} (any promise), {@linkcode timeout} and
- *   {@linkcode idleTimeout}.
- * - The errors a task may catch: {@linkcode Cancelled}, {@linkcode TimeoutError} and
- *   {@linkcode BusyError}.
+ *   {@linkcode accept}, {@linkcode connect}, {@linkcode connectTls}, {@linkcode sleep},
+ *   {@linkcode spawn}, {@linkcode join}, {@linkcode cancel}, {@linkcode wait} (any promise),
+ *   {@linkcode timeout} and {@linkcode idleTimeout}.
+ * - {@linkcode Stream}: lines, delimited records and exact byte counts read from a conn.
+ * - Tasks waiting for each other: {@linkcode Queue}, {@linkcode Event}, {@linkcode Semaphore}
+ *   with {@linkcode withPermit}, and the groups {@linkcode all} and {@linkcode race}.
+ * - The errors a task may catch: {@linkcode Cancelled}, {@linkcode TimeoutError},
+ *   {@linkcode BusyError}, {@linkcode UnexpectedEof}, {@linkcode LineTooLong} and
+ *   {@linkcode QueueClosed}.
  * - {@linkcode serve}: a TCP server that runs a handler task per connection, the
  *   {@linkcode echoHandler} unless you give one; its `stats()` gives the server's figures,
  *   which {@linkcode serveMonitor} (a console for `nc`) and {@linkcode serveMetrics}
- *   (Prometheus) show.
+ *   (Prometheus) show; {@linkcode readProxyHeader} reads a load balancer's PROXY header.
  *
  * The intents those operations yield are plain data, documented in `@genio/genio/intents`;
  * tools for fast, deterministic tests (in-memory conns, a virtual clock) are in
