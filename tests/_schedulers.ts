@@ -36,6 +36,14 @@ export function lateClock(lateMs: number): { clock: Clock; virtual: VirtualClock
   return { clock, virtual };
 }
 
+// A scheduler on such a clock, time jumping whenever every task waits.
+export function lateScheduler(lateMs: number): { scheduler: Scheduler; virtual: VirtualClock } {
+  const { clock, virtual } = lateClock(lateMs);
+  const scheduler = new Scheduler({ clock });
+  virtual.autojump(scheduler);
+  return { scheduler, virtual };
+}
+
 // Runs `body` as a task, with the scheduler's other tasks, to the end; returns its result.
 export async function runTask<T>(scheduler: Scheduler, body: Operation<T>): Promise<T> {
   const task = scheduler.spawn(body, { name: "main" });

@@ -15,7 +15,6 @@ import {
   BusyError,
   cancel,
   Cancelled,
-  type Clock,
   type Deadline,
   join,
   type Operation,
@@ -29,8 +28,8 @@ import {
   wait,
   write,
 } from "../mod.ts";
-import { createTestScheduler, memoryConnPair, VirtualClock } from "../testing.ts";
-import { busyWait } from "./_schedulers.ts";
+import { createTestScheduler, memoryConnPair, type VirtualClock } from "../testing.ts";
+import { busyWait, lateScheduler } from "./_schedulers.ts";
 
 // A scheduler on virtual time that jumps whenever every task waits, with failures collected
 // instead of printed.
@@ -41,20 +40,6 @@ function testScheduler(): { scheduler: Scheduler; clock: VirtualClock; reported:
     onError: (error) => reported.push((error as Error).message),
   });
   return { scheduler, clock, reported };
-}
-
-// A virtual clock whose timers fire `lateMs` after they are due, as when the event loop was
-// blocked for that long; time jumps whenever every task waits.
-function lateScheduler(lateMs: number): { scheduler: Scheduler; virtual: VirtualClock } {
-  const virtual = new VirtualClock();
-  const clock: Clock = {
-    now: () => virtual.now(),
-    setTimer: (callback, delay) => virtual.setTimer(callback, delay + lateMs),
-    clearTimer: (handle) => virtual.clearTimer(handle),
-  };
-  const scheduler = new Scheduler({ clock });
-  virtual.autojump(scheduler);
-  return { scheduler, virtual };
 }
 
 // Curio's ignore_after: the operation's result, or null when this block's own deadline ran

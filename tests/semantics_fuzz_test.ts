@@ -40,6 +40,7 @@ import {
 } from "../mod.ts";
 import { createTestScheduler, type MemoryConn, memoryConnPair, VirtualClock } from "../testing.ts";
 import { Random } from "./_clients.ts";
+import { lateScheduler } from "./_schedulers.ts";
 
 const MAX_LATE_MS = 3;
 
@@ -1367,18 +1368,6 @@ for (const { name, ops, caught } of MUTANTS) {
 //   TimeoutError (Curio's multischedule rule, issue 13's defect 6, broken the other way).
 // On time, each program does what the test expects.
 
-function lateVirtualScheduler(lateMs: number): { scheduler: Scheduler; virtual: VirtualClock } {
-  const virtual = new VirtualClock();
-  const clock: Clock = {
-    now: () => virtual.now(),
-    setTimer: (callback, delay) => virtual.setTimer(callback, delay + lateMs),
-    clearTimer: (handle) => virtual.clearTimer(handle),
-  };
-  const scheduler = new Scheduler({ clock });
-  virtual.autojump(scheduler);
-  return { scheduler, virtual };
-}
-
 function* catchingOwn(ms: number, operation: Operation<void>): Operation<string> {
   try {
     yield* operation;
@@ -1391,7 +1380,7 @@ function* catchingOwn(ms: number, operation: Operation<void>): Operation<string>
 
 for (const lateMs of [0, 3]) {
   Deno.test(`an outer deadline is not lost to an inner limit that reuses a cleared timer (timers ${lateMs} ms late)`, async () => {
-    const { scheduler } = lateVirtualScheduler(lateMs);
+    const { scheduler } = lateScheduler(lateMs);
     const task = scheduler.spawn(timeout(
       3,
       function* () {
@@ -1408,7 +1397,7 @@ for (const lateMs of [0, 3]) {
   });
 
   Deno.test(`an outer deadline is not lost to an inner idle limit between two checks (timers ${lateMs} ms late)`, async () => {
-    const { scheduler } = lateVirtualScheduler(lateMs);
+    const { scheduler } = lateScheduler(lateMs);
     const task = scheduler.spawn(timeout(
       5,
       catchingOwn(
@@ -1431,7 +1420,7 @@ for (const lateMs of [0, 3]) {
   });
 
   Deno.test(`a sleep due before its block's deadline ends normally when the limit reuses a cleared timer (timers ${lateMs} ms late)`, async () => {
-    const { scheduler } = lateVirtualScheduler(lateMs);
+    const { scheduler } = lateScheduler(lateMs);
     const task = scheduler.spawn(function* () {
       yield* timeout(1, function* () {}()); // cleared in time: its timer is kept, due at 1
       yield* timeout(4, sleep(3)); // reuses it, due at 4; the sleep is due at 3
